@@ -1,0 +1,60 @@
+# kubetrain — developer entry points. `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: help venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench clean
+
+help:
+	@echo "make demo      local control plane + operator + the iris example trained"
+	@echo "make test      lint, types and every test tier (unit + real cluster)"
+	@echo "make venv      the project's virtualenv (.venv) with all extras"
+	@echo "make crds      regenerate crds/ (and the chart's copy) from the typed API"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: venv
+	$(BIN)/mypy
+
+crds: venv
+	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds
+
+test-unit: venv
+	$(BIN)/pytest -m "not cluster" tests
+
+test-cluster: venv
+	$(BIN)/pytest -m cluster tests
+
+test: venv lint typecheck
+	$(BIN)/pytest tests
+
+cluster-up: venv
+	hack/dev-cluster up
+
+cluster-down:
+	hack/dev-cluster down
+
+demo: venv
+	hack/demo
+
+bench: venv
+	$(BIN)/python bench/trainer_overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""kubetrain typed API: TrainingRun and ModelVersion (group kubetrain.io, v1alpha1)."""

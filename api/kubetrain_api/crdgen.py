@@ -1,0 +1,493 @@
+"""Generate the CustomResourceDefinitions in ``crds/`` from the pydantic models.
+
+``python -m kubetrain_api.crdgen --out crds [--chart helm/kubetrain/crds]`` writes them;
+``--check`` exits non-zero when the files on disk differ (CI's drift check).
+
+pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no
+``$ref``, no ``anyOf`` with ``null``, unknown-field preservation spelled out. This module inlines
+references, unwraps optionals, keeps descriptions, bounds and enums, and adds the CEL rules, printer
+columns and names that only a CRD has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from . import models as m
+
+_KEEP = {
+    "type",
+    "description",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "format",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict) and "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        target.update(extra)
+        return target
+    return node
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Turn one pydantic JSON-schema node into a structural OpenAPI v3 node."""
+    node = _resolve(node, defs)
+    node = dict(node)
+    if node.get("x-kubernetes-int-or-string"):
+        ios: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+        for key in ("description", "pattern"):
+            if key in node:
+                ios[key] = node[key]
+        return ios
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            options = [o for o in node.pop(key) if o.get("type") != "null"]
+            if len(options) == 1:
+                inner = _resolve(options[0], defs)
+                merged = dict(inner)
+                # The outer node's description/default win over the inner definition's.
+                for k, v in node.items():
+                    if k in ("description", "default", "title") or k not in merged:
+                        merged[k] = v
+                return structural(merged, defs)
+            else:
+                # A true union (e.g. list of values or a distribution): keep it open.
+                desc = node.get("description")
+                union: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+                if desc:
+                    union["description"] = desc
+                return union
+    if "allOf" in node and len(node["allOf"]) == 1:
+        inner = _resolve(node.pop("allOf")[0], defs)
+        inner = dict(inner)
+        inner.update({k: v for k, v in node.items()})
+        node = inner
+    if node.get("default", "missing") is None:
+        node.pop("default")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    out: dict[str, Any] = {}
+    typ = node.get("type")
+    if typ is None and not node.get("x-kubernetes-preserve-unknown-fields"):
+        # Any: accept every JSON value.
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    for key, value in node.items():
+        if key in _KEEP:
+            out[key] = value
+    if "description" in out:
+        out["description"] = " ".join(str(out["description"]).split())
+    if typ == "object":
+        props = node.get("properties")
+        if props:
+            out["properties"] = {name: structural(sub, defs) for name, sub in props.items()}
+            required = [r for r in node.get("required", []) if r in props]
+            if required:
+                out["required"] = required
+        addl = node.get("additionalProperties")
+        if isinstance(addl, dict):
+            sub = structural(addl, defs)
+            out["additionalProperties"] = sub
+        elif not props and (addl is True or addl is None):
+            # A free-form map (estimator params, search space): values are checked by the models.
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        if "propertyNames" in node:
+            pn = node["propertyNames"]
+            if "maxLength" in pn:
+                # Structural schemas cannot bound keys; CEL can.
+                rule = f"self.all(k, k.size() <= {pn['maxLength']})"
+                out.setdefault("x-kubernetes-validations", []).append(
+                    {"rule": rule, "message": f"keys must be at most {pn['maxLength']} characters"}
+                )
+    elif typ == "array":
+        items = node.get("items", {})
+        out["items"] = structural(items, defs) if items else {"x-kubernetes-preserve-unknown-fields": True}
+    return out
+
+
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    return structural(raw, defs)
+
+
+def _q(values: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _cel_map(mapping: dict[str, tuple[str, ...]]) -> str:
+    return "{" + ", ".join(f"'{k}': {_q(v)}" for k, v in mapping.items()) + "}"
+
+
+def _immutability_rule(fields: list[tuple[str, bool]]) -> str:
+    parts = []
+    for name, required in fields:
+        if required:
+            parts.append(f"self.{name} == oldSelf.{name}")
+        else:
+            parts.append(
+                f"(has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name}))"
+            )
+    return " && ".join(parts)
+
+
+# Spec fields that may change after a run was created; everything else is immutable (re-run = new run).
+TRAININGRUN_MUTABLE = (
+    "suspend",
+    "ttlSecondsAfterFinished",
+    "activeDeadlineSeconds",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "queueName",
+    "register",
+    "backoffLimit",
+    "startupDeadlineSeconds",
+)
+
+
+def training_run_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
+    metrics_by_estimator = {
+        est: tuple(dict.fromkeys(metric for t in tasks for metric in m.TASK_METRICS[t]))
+        for est, tasks in m.ESTIMATOR_TASKS.items()
+    }
+    allowed = (
+        f"(has(self.task) ? {_cel_map(m.TASK_METRICS)}[self.task] : "
+        f"{_cel_map(metrics_by_estimator)}[self.estimator.name])"
+    )
+    rules = [
+        {
+            "rule": f"!has(self.task) || self.estimator.name in {_cel_map(_tasks_to_estimators())}[self.task]",
+            "message": "spec.estimator.name does not support spec.task (classification: "
+            + ", ".join(_tasks_to_estimators()["classification"])
+            + "; regression: "
+            + ", ".join(_tasks_to_estimators()["regression"])
+            + "; anomalyDetection: isolation_forest)",
+            "fieldPath": ".estimator.name",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "has(self.dataset.target) || (has(self.task) ? self.task == 'anomalyDetection' : "
+            "self.estimator.name == 'isolation_forest')",
+            "message": "spec.dataset.target is required for classification and regression",
+            "fieldPath": ".dataset.target",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "!has(self.evaluation) || !has(self.evaluation.thresholds) || "
+            f"self.evaluation.thresholds.all(t, t.metric in {allowed})",
+            "message": "spec.evaluation.thresholds names a metric the task does not compute (classification: "
+            + ", ".join(m.TASK_METRICS["classification"])
+            + "; regression: "
+            + ", ".join(m.TASK_METRICS["regression"])
+            + "; anomalyDetection: "
+            + ", ".join(m.TASK_METRICS["anomalyDetection"])
+            + ")",
+            "fieldPath": ".evaluation.thresholds",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.evaluation) || !has(self.evaluation.primaryMetric) || "
+            f"self.evaluation.primaryMetric in {allowed}",
+            "message": "spec.evaluation.primaryMetric is not computed for the task",
+            "fieldPath": ".evaluation.primaryMetric",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": f"!has(self.search) || !has(self.search.scoring) || self.search.scoring in {allowed}",
+            "message": "spec.search.scoring is not computed for the task",
+            "fieldPath": ".search.scoring",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.evaluation) || !has(self.evaluation.cvFolds) || self.evaluation.cvFolds != 1",
+            "message": "spec.evaluation.cvFolds must be 0 (none) or between 2 and 20",
+            "fieldPath": ".evaluation.cvFolds",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.dataset.target) || !has(self.dataset.exclude) || "
+            "!(self.dataset.target in self.dataset.exclude)",
+            "message": "spec.dataset.target must not be listed in spec.dataset.exclude",
+            "fieldPath": ".dataset.exclude",
+            "reason": "FieldValueInvalid",
+        },
+    ]
+    immutable = [
+        (name, name in spec_schema.get("required", []))
+        for name in spec_schema["properties"]
+        if name not in TRAININGRUN_MUTABLE
+    ]
+    rules.append(
+        {
+            "rule": _immutability_rule(immutable),
+            "message": "spec is immutable after creation except "
+            + ", ".join(TRAININGRUN_MUTABLE)
+            + "; create a new TrainingRun to train again",
+            "reason": "FieldValueForbidden",
+        }
+    )
+    return rules
+
+
+def _tasks_to_estimators() -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {t: [] for t in m.TASK_METRICS}
+    for est, tasks in m.ESTIMATOR_TASKS.items():
+        for t in tasks:
+            out[t].append(est)
+    return {t: tuple(v) for t, v in out.items()}
+
+
+QUANTITY_RULE = (
+    "!has(self.requests) || !has(self.limits) || !has(self.requests.{r}) || !has(self.limits.{r}) || "
+    "quantity(string(self.limits.{r})).compareTo(quantity(string(self.requests.{r}))) >= 0"
+)
+
+
+def _add_rules(schema: dict[str, Any], path: list[str], rules: list[dict[str, str]]) -> None:
+    node = schema
+    for part in path:
+        node = node["properties"][part]
+    node.setdefault("x-kubernetes-validations", []).extend(rules)
+
+
+def training_run_crd() -> dict[str, Any]:
+    spec = _schema_of(m.TrainingRunSpec)
+    status = _schema_of(m.TrainingRunStatus)
+    spec["x-kubernetes-validations"] = training_run_rules(spec)
+    _add_rules(
+        spec,
+        ["resources"],
+        [
+            {
+                "rule": QUANTITY_RULE.format(r=r),
+                "message": f"spec.resources.limits.{r} must be at least spec.resources.requests.{r}",
+                "fieldPath": f".limits.{r}",
+                "reason": "FieldValueInvalid",
+            }
+            for r in ("cpu", "memory")
+        ],
+    )
+    _add_rules(
+        spec,
+        ["search"],
+        [
+            {
+                "rule": "self.strategy != 'grid' || self.space.all(k, type(self.space[k]) == list)",
+                "message": "spec.search.space: grid search needs a list of values for every parameter",
+                "fieldPath": ".space",
+                "reason": "FieldValueInvalid",
+            }
+        ],
+    )
+    _add_rules(
+        spec,
+        ["evaluation"],
+        [
+            {
+                "rule": "!has(self.thresholds) || self.thresholds.all(t, has(t.min) || has(t.max))",
+                "message": "spec.evaluation.thresholds: each threshold needs min or max",
+                "fieldPath": ".thresholds",
+                "reason": "FieldValueRequired",
+            }
+        ],
+    )
+    return _crd(
+        kind="TrainingRun",
+        plural="trainingruns",
+        short="tr",
+        spec=spec,
+        status=status,
+        description=m.TrainingRun.__doc__ or "",
+        name_rule=m.MAX_RUN_NAME,
+        columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+            {"name": "Metric", "type": "string", "jsonPath": ".status.primaryMetric"},
+            {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Start", "type": "date", "jsonPath": ".status.startTime", "priority": 1},
+            {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+            {"name": "Reason", "type": "string", "jsonPath": ".status.failure.reason", "priority": 1},
+            {"name": "Model-URI", "type": "string", "jsonPath": ".status.model.uri", "priority": 1},
+        ],
+    )
+
+
+def model_version_crd() -> dict[str, Any]:
+    spec = _schema_of(m.ModelVersionSpec)
+    status = _schema_of(m.ModelVersionStatus)
+    spec["x-kubernetes-validations"] = [
+        {
+            "rule": "self.model == oldSelf.model && self.version == oldSelf.version "
+            "&& self.artifact == oldSelf.artifact",
+            "message": "spec.model, spec.version and spec.artifact are immutable; register a new version instead",
+            "reason": "FieldValueForbidden",
+        }
+    ]
+    _add_rules(
+        spec,
+        ["aliases"],
+        [
+            {
+                "rule": "self.all(a, self.exists_one(b, a == b))",
+                "message": "spec.aliases must not repeat an alias",
+            }
+        ],
+    )
+    return _crd(
+        kind="ModelVersion",
+        plural="modelversions",
+        short="mv",
+        spec=spec,
+        status=status,
+        description=m.ModelVersion.__doc__ or "",
+        name_rule=253,
+        columns=[
+            {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+            {"name": "Version", "type": "integer", "jsonPath": ".spec.version"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Aliases", "type": "string", "jsonPath": ".status.aliases"},
+            {"name": "Metric", "type": "string", "jsonPath": ".status.primaryMetric"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Run", "type": "string", "jsonPath": ".spec.source.trainingRun.name", "priority": 1},
+            {"name": "URI", "type": "string", "jsonPath": ".spec.artifact.uri", "priority": 1},
+        ],
+    )
+
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    short: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    description: str,
+    name_rule: int,
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    spec["description"] = " ".join((spec.get("description") or "").split())
+    status["description"] = " ".join((status.get("description") or "").split())
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": " ".join(description.split()),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion of the object (kubetrain.io/v1alpha1).",
+            },
+            "kind": {"type": "string", "description": f"Kind of the object ({kind})."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    if name_rule < 253:
+        root["x-kubernetes-validations"] = [
+            {
+                "rule": f"self.metadata.name.size() <= {name_rule}",
+                "message": f"metadata.name must be at most {name_rule} characters (child Job and pod names "
+                "are derived from it)",
+                "fieldPath": ".metadata.name",
+                "reason": "FieldValueTooLong",
+            }
+        ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{m.GROUP}",
+            "labels": {"app.kubernetes.io/name": "kubetrain", "app.kubernetes.io/part-of": "kubetrain"},
+        },
+        "spec": {
+            "group": m.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["kubetrain", "all"][:1],
+            },
+            "versions": [
+                {
+                    "name": m.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render(crd: dict[str, Any]) -> str:
+    header = "# Generated by `make crds` (python -m kubetrain_api.crdgen) from api/kubetrain_api/models.py.\n"
+    header += "# Do not edit by hand: a test fails when this file drifts from the models.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=120, allow_unicode=True)
+
+
+def all_crds() -> dict[str, str]:
+    return {
+        "kubetrain.io_trainingruns.yaml": render(training_run_crd()),
+        "kubetrain.io_modelversions.yaml": render(model_version_crd()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", action="append", default=[], help="directory to write (repeatable)")
+    parser.add_argument("--chart", action="append", default=[], help="chart crds/ directory (repeatable)")
+    parser.add_argument("--check", action="store_true", help="fail when files differ instead of writing")
+    args = parser.parse_args(argv)
+    targets = [Path(p) for p in args.out + args.chart] or [Path("crds")]
+    drift = []
+    for directory in targets:
+        for name, text in all_crds().items():
+            path = directory / name
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    drift.append(str(path))
+            else:
+                directory.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    if drift:
+        print("CRDs drifted from the models (run `make crds`): " + ", ".join(drift), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

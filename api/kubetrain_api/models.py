@@ -1,0 +1,888 @@
+"""Typed views of kubetrain's custom resources (group ``kubetrain.io``, version ``v1alpha1``).
+
+These pydantic models are the single source of truth of the API: ``kubetrain_api.crdgen`` turns them
+into the CRDs in ``crds/`` (structural schema, CEL rules, printer columns) and a test fails when the two
+drift. The operator and the trainer parse every object through them, so a spec that the API server
+accepts parses here too, and the rules the CRD cannot express (CEL has a cost budget) are checked in
+``validate_training_run_spec`` with the same field paths in the message.
+
+YAML uses camelCase; Python uses snake_case (``populate_by_name``). Unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetrain.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Name budgets. Child Job names are "<run>-<attempt hash>", pods add 6 more characters, and the
+# "batch.kubernetes.io/job-name" label value must stay within 63 characters.
+MAX_RUN_NAME = 52
+MAX_MODEL_NAME = 50
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ALIAS_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# An OCI reference: registry/path:tag or @sha256:digest, no whitespace or shell metacharacters.
+IMAGE_PATTERN = r"^[a-z0-9]+([._:/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+SHA256_PATTERN = r"^[a-f0-9]{64}$"
+URI_PATTERN = r"^(pvc|file|s3|https)://[^\s]+$"
+# CEL twins of _check_uri, so the API server refuses the same URIs the models do.
+URI_RULES: list[Any] = [
+    {"rule": "!self.matches('/[.][.]?(/|$)')", "message": "must not contain '.' or '..' path segments"},
+    {
+        "rule": "!self.startsWith('file://') || self.startsWith('file:///')",
+        "message": "file:// URIs need an absolute path",
+    },
+]
+OUTPUT_URI_PATTERN = r"^(pvc|file|s3)://[^\s]+$"
+
+Task = Literal["classification", "regression", "anomalyDetection"]
+DataFormat = Literal["csv", "parquet", "json", "jsonl"]
+ColumnType = Literal["numeric", "categorical", "datetime", "text", "ignore"]
+EstimatorName = Literal[
+    "logistic_regression",
+    "linear_regression",
+    "ridge",
+    "random_forest",
+    "extra_trees",
+    "hist_gradient_boosting",
+    "knn",
+    "isolation_forest",
+    "xgboost",
+]
+MetricName = Literal[
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "log_loss",
+    "r2",
+    "rmse",
+    "mae",
+    "anomaly_rate",
+]
+
+# Which estimators serve which task, and which metrics a task computes. CEL rules in the CRD and the
+# operator's validation both come from these tables.
+ESTIMATOR_TASKS: dict[str, tuple[str, ...]] = {
+    "logistic_regression": ("classification",),
+    "linear_regression": ("regression",),
+    "ridge": ("regression",),
+    "random_forest": ("classification", "regression"),
+    "extra_trees": ("classification", "regression"),
+    "hist_gradient_boosting": ("classification", "regression"),
+    "knn": ("classification", "regression"),
+    "isolation_forest": ("anomalyDetection",),
+    "xgboost": ("classification", "regression"),
+}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"),
+    "regression": ("r2", "rmse", "mae"),
+    "anomalyDetection": ("anomaly_rate", "precision", "recall", "f1"),
+}
+# The metric shown in `kubectl get tr` when the spec names none.
+DEFAULT_PRIMARY_METRIC = {
+    "classification": "accuracy",
+    "regression": "r2",
+    "anomalyDetection": "anomaly_rate",
+}
+MAX_GPUS = 16
+
+TrainingRunPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+ModelVersionPhase = Literal["Pending", "Verifying", "Ready", "Failed"]
+
+
+def _cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def _quoted_list(values: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+class _Model(BaseModel):
+    """Base: camelCase aliases, unknown fields refused, attribute docstrings become descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=False,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it: camelCase, no unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _check_uri(value: str, field: str, allowed: tuple[str, ...]) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in allowed:
+        raise ValueError(f"{field} must start with one of {', '.join(s + '://' for s in allowed)}; got {value!r}")
+    if not rest or (rest.startswith("/") and scheme != "file"):
+        raise ValueError(f"{field} {value!r} has an empty or malformed location")
+    if scheme == "file" and not rest.startswith("/"):
+        raise ValueError(f"{field} {value!r}: file:// URIs need an absolute path (file:///data/x.csv)")
+    segments = rest.split("/")
+    if ".." in segments or "." in segments:
+        raise ValueError(f"{field} {value!r} must not contain '.' or '..' path segments")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError(f"{field} contains control characters")
+    if scheme == "pvc":
+        claim = segments[0]
+        if not re.match(DNS_LABEL, claim) or len(claim) > 63:
+            raise ValueError(f"{field} {value!r}: {claim!r} is not a valid PersistentVolumeClaim name")
+    if scheme == "s3" and not segments[0]:
+        raise ValueError(f"{field} {value!r} names no bucket")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# TrainingRun spec
+# --------------------------------------------------------------------------------------------------
+
+
+class DataValidation(_Model):
+    """Rules the trainer checks on the data before it trains; each failure is DataInvalid."""
+
+    required_columns: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=256)] = (
+        Field(default_factory=list)
+    )
+    """Columns that must be present in the dataset."""
+    min_rows: int = Field(default=10, ge=1, le=1_000_000_000)
+    """Fewest rows (after dropping rows without a target) the run accepts."""
+    max_missing_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Largest fraction of missing values allowed in any used column (0..1)."""
+
+
+class DatasetSpec(_Model):
+    """Where the training data is and how to read it."""
+
+    uri: str = Field(
+        min_length=7,
+        max_length=2048,
+        pattern=URI_PATTERN,
+        json_schema_extra={"x-kubernetes-validations": URI_RULES},
+    )
+    """Location of the data: pvc://claim/path, file:///abs/path (inside the image), s3://bucket/key or
+    https://host/path. No '.' or '..' segments."""
+    format: DataFormat | None = None
+    """csv, parquet, json or jsonl; inferred from the URI's extension when omitted."""
+    records_path: str | None = Field(default=None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")
+    """For a JSON document: the (dotted) key of the list that holds the records, e.g. 'logs'."""
+    target: str | None = Field(default=None, min_length=1, max_length=253)
+    """Column to predict. Required for classification and regression; optional labels for anomaly
+    detection."""
+    features: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=1024)] | None = None
+    """Feature columns; default: every column except the target and the excluded ones."""
+    exclude: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=1024)] = Field(
+        default_factory=list
+    )
+    """Columns never used as features (identifiers, leaks)."""
+    column_types: dict[Annotated[str, Field(max_length=253)], ColumnType] = Field(default_factory=dict, max_length=1024)
+    """Overrides of inferred column types (numeric, categorical, datetime, text, ignore)."""
+    validation: DataValidation = Field(default_factory=DataValidation)
+    """Data validation rules."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "spec.dataset.uri", ("pvc", "file", "s3", "https"))
+
+    @model_validator(mode="after")
+    def _target_not_excluded(self) -> DatasetSpec:
+        if self.target and self.target in self.exclude:
+            raise ValueError(f"spec.dataset.target {self.target!r} is also listed in spec.dataset.exclude")
+        if self.target and self.features and self.target in self.features:
+            raise ValueError(f"spec.dataset.target {self.target!r} is also listed in spec.dataset.features")
+        return self
+
+
+ParamValue = Annotated[Any, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class EstimatorSpec(_Model):
+    """The scikit-learn estimator, by catalogue name, with its parameters."""
+
+    name: EstimatorName
+    """Catalogue name: logistic_regression, linear_regression, ridge, random_forest, extra_trees,
+    hist_gradient_boosting, knn, isolation_forest, xgboost (when installed in the image)."""
+    params: dict[Annotated[str, Field(max_length=64, pattern=r"^[a-z_][a-z0-9_]*$")], Any] = Field(
+        default_factory=dict, max_length=64
+    )
+    """Estimator parameters (JSON scalars or lists), checked against the estimator's signature."""
+
+    @field_validator("params")
+    @classmethod
+    def _json_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, val in v.items():
+            if isinstance(val, dict):
+                raise ValueError(f"spec.estimator.params.{key}: values must be scalars or lists, not objects")
+            if isinstance(val, list) and any(isinstance(x, dict | list) for x in val):
+                raise ValueError(f"spec.estimator.params.{key}: lists must hold scalars")
+        return v
+
+
+class Distribution(_Model):
+    """A random-search distribution for one parameter."""
+
+    distribution: Literal["uniform", "loguniform", "randint"]
+    """uniform, loguniform (both floats) or randint (integers, high exclusive)."""
+    low: float
+    """Lower bound."""
+    high: float
+    """Upper bound."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Distribution:
+        if self.high <= self.low:
+            raise ValueError("high must be greater than low")
+        if self.distribution == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+SearchValues = list[Any] | Distribution
+
+
+class SearchSpec(_Model):
+    """Hyperparameter search over the estimator's parameters."""
+
+    strategy: Literal["grid", "random"] = "grid"
+    """grid tries every combination; random samples `trials` combinations."""
+    space: dict[Annotated[str, Field(max_length=64, pattern=r"^[a-z_][a-z0-9_]*$")], Any] = Field(
+        min_length=1, max_length=32
+    )
+    """Parameter name → list of candidate values, or (random only) a distribution
+    {distribution: uniform|loguniform|randint, low, high}."""
+    trials: int = Field(default=10, ge=1, le=1000)
+    """Number of sampled combinations (random search)."""
+    cv: int = Field(default=3, ge=2, le=20)
+    """Cross-validation folds used to score each candidate."""
+    scoring: MetricName | None = None
+    """Metric that ranks candidates; default: the primary metric of the task."""
+    parallelism: int = Field(default=1, ge=1, le=32)
+    """Pods that share the candidates (an Indexed Job); 1 = one pod."""
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, val in v.items():
+            if isinstance(val, list):
+                if not val:
+                    raise ValueError(f"spec.search.space.{key} must list at least one value")
+                if len(val) > 100:
+                    raise ValueError(f"spec.search.space.{key} lists more than 100 values")
+                if any(isinstance(x, dict | list) for x in val):
+                    raise ValueError(f"spec.search.space.{key}: candidate values must be scalars")
+                out[key] = val
+            elif isinstance(val, dict):
+                try:
+                    out[key] = Distribution.model_validate(val).dump()
+                except ValueError as exc:
+                    raise ValueError(f"spec.search.space.{key}: {exc}") from None
+            elif isinstance(val, Distribution):
+                out[key] = val.dump()
+            else:
+                raise ValueError(f"spec.search.space.{key} must be a list of values or a distribution")
+        return out
+
+    @model_validator(mode="after")
+    def _grid_has_no_distributions(self) -> SearchSpec:
+        if self.strategy == "grid":
+            for key, val in self.space.items():
+                if isinstance(val, dict):
+                    raise ValueError(f"spec.search.space.{key}: grid search needs a list of values")
+        return self
+
+
+class Threshold(_Model):
+    """A gate on one evaluation metric: the run fails with BelowThreshold when it is not met."""
+
+    metric: MetricName
+    """Metric name; must be one the task computes."""
+    min: float | None = None
+    """Smallest acceptable value (inclusive)."""
+    max: float | None = None
+    """Largest acceptable value (inclusive)."""
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError(f"threshold on {self.metric} needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"threshold on {self.metric}: min is greater than max")
+        return self
+
+
+class EvaluationSpec(_Model):
+    """How the model is evaluated, and the thresholds that gate registration."""
+
+    test_fraction: float = Field(default=0.2, ge=0.05, le=0.5)
+    """Fraction of rows held out for the test split (0.05..0.5)."""
+    cv_folds: int = Field(default=0, ge=0, le=20)
+    """Cross-validation folds on the training split for cv scores; 0 = none, else 2..20."""
+    metrics: Annotated[list[MetricName], Field(max_length=16)] = Field(default_factory=list)
+    """Extra metrics to compute; the task's defaults are always computed."""
+    primary_metric: MetricName | None = None
+    """Headline metric shown by `kubectl get tr`; default per task (accuracy, r2, anomaly_rate)."""
+    thresholds: Annotated[list[Threshold], Field(max_length=16)] = Field(default_factory=list)
+    """Gates: every threshold must hold for the run to succeed and be registered."""
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("spec.evaluation.cvFolds must be 0 (none) or between 2 and 20")
+        return v
+
+
+class OutputSpec(_Model):
+    """Where the model artifacts are written."""
+
+    uri: str = Field(
+        min_length=7,
+        max_length=2048,
+        pattern=OUTPUT_URI_PATTERN,
+        json_schema_extra={"x-kubernetes-validations": URI_RULES},
+    )
+    """Base location (pvc://claim/path, file:///abs/path or s3://bucket/prefix); the run writes to
+    <uri>/<run name>/."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "spec.output.uri", ("pvc", "file", "s3"))
+
+
+Quantity = Annotated[
+    str | int,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+
+class ResourceList(_Model):
+    """CPU and memory quantities."""
+
+    cpu: Quantity | None = None
+    """CPU quantity, e.g. 500m or 2."""
+    memory: Quantity | None = None
+    """Memory quantity, e.g. 512Mi or 4Gi."""
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _qty(cls, v: str | int | None) -> str | int | None:
+        if v is None:
+            return v
+        if isinstance(v, bool):
+            raise ValueError("must be a quantity such as 500m or 2Gi")
+        if isinstance(v, int):
+            if v <= 0:
+                raise ValueError("must be positive")
+            return v
+        if not re.match(QUANTITY_PATTERN, v):
+            raise ValueError(f"{v!r} is not a Kubernetes quantity (e.g. 500m, 2, 512Mi, 4Gi)")
+        if parse_quantity(v) <= 0:
+            raise ValueError(f"{v!r} must be positive")
+        return v
+
+
+class ResourcesSpec(_Model):
+    """Compute resources of the trainer container."""
+
+    requests: ResourceList | None = None
+    """Requested CPU and memory (scheduling)."""
+    limits: ResourceList | None = None
+    """CPU and memory limits (memory over the limit ends in OOMKilled)."""
+    gpus: int = Field(default=0, ge=0, le=MAX_GPUS)
+    """Whole NVIDIA GPUs, set as the nvidia.com/gpu limit; the GPU toleration is added for you."""
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> ResourcesSpec:
+        if self.requests and self.limits:
+            for res in ("cpu", "memory"):
+                req, lim = getattr(self.requests, res), getattr(self.limits, res)
+                if req is not None and lim is not None and parse_quantity(lim) < parse_quantity(req):
+                    raise ValueError(
+                        f"spec.resources.limits.{res} ({lim}) is below spec.resources.requests.{res} ({req})"
+                    )
+        return self
+
+
+class Toleration(_Model):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    """Taint key; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (default Equal)."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value for Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class RegisterSpec(_Model):
+    """How a successful run is registered as a ModelVersion."""
+
+    enabled: bool = True
+    """Create a ModelVersion when the run succeeds."""
+    aliases: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]], Field(max_length=16)
+    ] = Field(default_factory=list)
+    """Aliases the new ModelVersion asks for (e.g. candidate)."""
+
+
+class TrainingRunSpec(_Model):
+    """Desired state of a TrainingRun: what to train, on which data, with which resources."""
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=DNS_LABEL)
+    """Registered model name (a DNS label); successful runs become its ModelVersions."""
+    dataset: DatasetSpec
+    """Training data."""
+    task: Task | None = None
+    """classification, regression or anomalyDetection; inferred from the data when omitted."""
+    estimator: EstimatorSpec
+    """Estimator from the catalogue, with parameters."""
+    search: SearchSpec | None = None
+    """Optional hyperparameter search."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Evaluation and thresholds."""
+    output: OutputSpec | None = None
+    """Where artifacts go; default: the operator's configured output location."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """CPU, memory and GPUs of the trainer."""
+    node_selector: dict[Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None, max_length=32
+    )
+    """Node labels the trainer pod must match."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
+    """Tolerations of the trainer pod."""
+    affinity: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Pod affinity (core/v1 Affinity), passed through."""
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """PriorityClass of the trainer pod."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
+    """Kueue LocalQueue; the Job is created suspended with kueue.x-k8s.io/queue-name for Kueue to admit."""
+    image: str | None = Field(default=None, max_length=512, pattern=IMAGE_PATTERN)
+    """Trainer image override; custom images must follow the trainer contract."""
+    backoff_limit: int = Field(default=2, ge=0, le=10)
+    """Retries of a crashed trainer pod (data, config and threshold failures never retry)."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    """Wall-clock limit of the Job; exceeded → Failed with DeadlineExceeded."""
+    startup_deadline_seconds: int = Field(default=600, ge=10, le=24 * 3600)
+    """How long a pod may stay unscheduled or fail to start (image pull) before the run fails."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=30 * 24 * 3600)
+    """Delete the child Job (never the TrainingRun) this long after the run finishes."""
+    suspend: bool = False
+    """Suspend the run (its pods are deleted); set back to false to resume."""
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    """Random seed for splits, estimators and search."""
+    registration: RegisterSpec = Field(default_factory=RegisterSpec, alias="register")
+    """Registration as a ModelVersion."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainingRunSpec:
+        errors = cross_field_errors(self)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+def cross_field_errors(spec: TrainingRunSpec) -> list[str]:
+    """Rules that span fields. The CRD carries the same rules as CEL where the cost budget allows."""
+    errors: list[str] = []
+    task = spec.task
+    est_tasks = ESTIMATOR_TASKS[spec.estimator.name]
+    if task is not None and task not in est_tasks:
+        errors.append(
+            f"spec.estimator.name: {spec.estimator.name} does not support task {task} (supports {', '.join(est_tasks)})"
+        )
+    if task in ("classification", "regression") and not spec.dataset.target:
+        errors.append(f"spec.dataset.target is required for task {task}")
+    if task is None and not spec.dataset.target and "anomalyDetection" not in est_tasks:
+        errors.append(f"spec.dataset.target is required for estimator {spec.estimator.name}")
+    possible_tasks = (task,) if task else est_tasks
+    computable = {m for t in possible_tasks for m in TASK_METRICS[t]}
+    for i, th in enumerate(spec.evaluation.thresholds):
+        if th.metric not in computable:
+            errors.append(
+                f"spec.evaluation.thresholds[{i}].metric: {th.metric} is not computed for "
+                f"{'/'.join(possible_tasks)} (choose from {', '.join(sorted(computable))})"
+            )
+    for name, metric in (("primaryMetric", spec.evaluation.primary_metric), ("search.scoring", None)):
+        if metric and metric not in computable:
+            errors.append(f"spec.evaluation.{name}: {metric} is not computed for {'/'.join(possible_tasks)}")
+    if spec.search and spec.search.scoring and spec.search.scoring not in computable:
+        errors.append(f"spec.search.scoring: {spec.search.scoring} is not computed for {'/'.join(possible_tasks)}")
+    for i, metric in enumerate(spec.evaluation.metrics):
+        if metric not in computable:
+            errors.append(f"spec.evaluation.metrics[{i}]: {metric} is not computed for {'/'.join(possible_tasks)}")
+    if spec.search and spec.search.strategy == "grid" and spec.search.parallelism > 1:
+        size = 1
+        for values in spec.search.space.values():
+            size *= len(values) if isinstance(values, list) else 1
+        if spec.search.parallelism > size:
+            errors.append(f"spec.search.parallelism ({spec.search.parallelism}) exceeds the grid's {size} candidates")
+    return errors
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared status pieces
+# --------------------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    """Condition type, e.g. Succeeded, JobCreated, Ready."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str = Field(max_length=1024)
+    """CamelCase reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable detail."""
+    last_transition_time: str
+    """When the status last changed (RFC 3339)."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The spec generation the condition was computed from."""
+
+
+class Metrics(_Model):
+    """Metric name → value (floats)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+MetricMap = dict[Annotated[str, Field(max_length=64)], float]
+
+
+class ModelRef(_Model):
+    """A model artifact."""
+
+    uri: str = Field(max_length=2048)
+    """Where the model file is (…/model.joblib)."""
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    """sha256 of the model file."""
+    size: int | None = Field(default=None, ge=0)
+    """Size in bytes."""
+    format: Literal["joblib", "skops"] = "joblib"
+    """Serialisation format."""
+
+
+class Failure(_Model):
+    """Why a run failed."""
+
+    reason: str = Field(max_length=128)
+    """CamelCase reason: DataInvalid, ConfigInvalid, BelowThreshold, BackoffLimitExceeded,
+    DeadlineExceeded, Unschedulable, ImagePullFailed, StartupDeadlineExceeded, OOMKilled, JobDeleted, ..."""
+    message: str = Field(default="", max_length=8192)
+    """What went wrong, naming the field, column or rule."""
+    exit_code: int | None = None
+    """Exit code of the last trainer container, when it ran."""
+    log_tail: str | None = Field(default=None, max_length=4096)
+    """Last lines of the trainer's output, when it crashed."""
+
+
+class Progress(_Model):
+    """Progress reported by the trainer."""
+
+    step: str = Field(max_length=64)
+    """Current step (load, validate, train, evaluate, save)."""
+    percent: int = Field(ge=0, le=100)
+    """Rough completion percentage."""
+
+
+class TrainingRunStatus(_Model):
+    """Observed state of a TrainingRun; written by the operator only."""
+
+    phase: TrainingRunPhase | None = None
+    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
+    observed_generation: int | None = None
+    """The spec generation this status reflects."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Standard conditions; Succeeded is the summary that `kubectl wait` uses."""
+    job_name: str | None = None
+    """Name of the trainer Job."""
+    attempts: int | None = None
+    """Pods started so far (1 + retries)."""
+    start_time: str | None = None
+    """When the trainer Job started."""
+    completion_time: str | None = None
+    """When the run reached Succeeded or Failed."""
+    duration: str | None = None
+    """Wall time of the run, e.g. 1m12s."""
+    progress: Progress | None = None
+    """Last progress the trainer reported."""
+    metrics: MetricMap | None = None
+    """Evaluation metrics of the trained model."""
+    primary_metric: str | None = None
+    """Headline metric, formatted as name=value, for `kubectl get`."""
+    model: ModelRef | None = None
+    """The trained model artifact."""
+    model_version: str | None = None
+    """Name of the ModelVersion this run registered."""
+    failure: Failure | None = None
+    """Why the run failed."""
+    task: Task | None = None
+    """The task (as inferred when the spec omits it)."""
+
+
+class TrainingRun(_Model):
+    """A request to train a model: the operator runs a trainer Job and reports back."""
+
+    api_version: Literal["kubetrain.io/v1alpha1"] = "kubetrain.io/v1alpha1"
+    kind: Literal["TrainingRun"] = "TrainingRun"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: TrainingRunSpec
+    status: TrainingRunStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _name(cls, v: dict[str, Any]) -> dict[str, Any]:
+        name = v.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not re.match(DNS_LABEL, name):
+                raise ValueError(f"metadata.name {name!r} must be a DNS label (lowercase letters, digits, '-')")
+            if len(name) > MAX_RUN_NAME:
+                raise ValueError(f"metadata.name {name!r} is longer than {MAX_RUN_NAME} characters")
+        return v
+
+
+# --------------------------------------------------------------------------------------------------
+# ModelVersion
+# --------------------------------------------------------------------------------------------------
+
+
+class Artifact(_Model):
+    """The model file this version points at."""
+
+    uri: str = Field(
+        min_length=7,
+        max_length=2048,
+        pattern=OUTPUT_URI_PATTERN,
+        json_schema_extra={"x-kubernetes-validations": URI_RULES},
+    )
+    """Location of the model file (…/model.joblib) or of its directory."""
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    """sha256 of the model file; checked before anything trusts it."""
+    format: Literal["joblib", "skops"] = "joblib"
+    """Serialisation format."""
+    size: int | None = Field(default=None, ge=0)
+    """Size in bytes."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "spec.artifact.uri", ("pvc", "file", "s3"))
+
+
+class RunRef(_Model):
+    """The TrainingRun that produced a version."""
+
+    name: str = Field(max_length=253)
+    """TrainingRun name."""
+    uid: str | None = Field(default=None, max_length=64)
+    """TrainingRun uid."""
+
+
+class Source(_Model):
+    """Lineage: where a version came from."""
+
+    training_run: RunRef | None = None
+    """The TrainingRun (absent for hand-registered versions)."""
+    image: str | None = Field(default=None, max_length=512)
+    """Trainer image."""
+    dataset: str | None = Field(default=None, max_length=2048)
+    """Dataset URI."""
+    dataset_fingerprint: str | None = Field(default=None, max_length=128)
+    """sha256 fingerprint of the training data."""
+    estimator: str | None = Field(default=None, max_length=64)
+    """Estimator name."""
+    params: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Estimator parameters (after search)."""
+
+
+class Runtime(_Model):
+    """Library versions the model was trained with (serving must match)."""
+
+    python: str | None = Field(default=None, max_length=32)
+    """Python version."""
+    scikit_learn: str | None = Field(default=None, max_length=32, alias="scikitLearn")
+    """scikit-learn version."""
+    joblib: str | None = Field(default=None, max_length=32)
+    """joblib version."""
+    pandas: str | None = Field(default=None, max_length=32)
+    """pandas version."""
+    numpy: str | None = Field(default=None, max_length=32)
+    """numpy version."""
+
+
+class FeatureSpec(_Model):
+    """One input feature."""
+
+    name: str = Field(max_length=253)
+    """Column name."""
+    dtype: str = Field(max_length=64)
+    """pandas dtype."""
+
+
+class Signature(_Model):
+    """The model's input and output."""
+
+    features: Annotated[list[FeatureSpec], Field(max_length=4096)] = Field(default_factory=list)
+    """Input features with their dtypes."""
+    target: str | None = Field(default=None, max_length=253)
+    """Predicted column."""
+    task: Task | None = None
+    """Task of the model."""
+
+
+class ModelVersionSpec(_Model):
+    """A registered version of a model."""
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=DNS_LABEL)
+    """Registered model name."""
+    version: int = Field(ge=1, le=1_000_000)
+    """Version number within the model, from 1."""
+    artifact: Artifact
+    """The model file."""
+    source: Source | None = None
+    """Lineage."""
+    runtime: Runtime | None = None
+    """Library versions."""
+    metrics: MetricMap | None = None
+    """Evaluation metrics."""
+    signature: Signature | None = None
+    """Input and output schema."""
+    aliases: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]], Field(max_length=16)
+    ] = Field(default_factory=list)
+    """Aliases this version asks for (production, candidate, ...); edit to promote."""
+    deletion_policy: Literal["Retain", "Delete"] = "Retain"
+    """Retain keeps the artifact when the ModelVersion is deleted; Delete removes it with a cleanup Job."""
+
+    @field_validator("aliases")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("spec.aliases must not repeat an alias")
+        return v
+
+
+class AliasEvent(_Model):
+    """One move of an alias."""
+
+    alias: str = Field(max_length=63)
+    """The alias."""
+    action: Literal["Assigned", "Removed", "Superseded", "Refused"]
+    """What happened to it on this version."""
+    time: str
+    """When (RFC 3339)."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Detail, e.g. which version took it."""
+
+
+class ServingHint(_Model):
+    """Where a serving runtime (KServe) finds the model."""
+
+    model_format: dict[str, str] | None = None
+    """KServe modelFormat: {name: sklearn, version: <scikit-learn major>}."""
+    storage_uri: str | None = Field(default=None, max_length=2048)
+    """Directory with exactly one model file."""
+    runtime: Runtime | None = None
+    """Runtime versions to check serving compatibility."""
+
+
+class ModelVersionStatus(_Model):
+    """Observed state of a ModelVersion; written by the operator only."""
+
+    phase: ModelVersionPhase | None = None
+    """Pending, Verifying, Ready or Failed."""
+    observed_generation: int | None = None
+    """The spec generation this status reflects."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """ArtifactVerified, Ready, AliasSuperseded, ..."""
+    aliases: list[str] = Field(default_factory=list)
+    """Aliases this version holds now (an alias belongs to one version of a model at a time)."""
+    alias_history: list[AliasEvent] = Field(default_factory=list)
+    """Each move of an alias on this version, oldest first."""
+    serving: ServingHint | None = None
+    """KServe-ready storage hint."""
+    verification_job: str | None = None
+    """Name of the verification Job (hand-registered versions)."""
+    passed_thresholds: bool | None = None
+    """Whether the producing run met its thresholds (protected aliases need it)."""
+    primary_metric: str | None = None
+    """Headline metric, formatted as name=value."""
+
+
+class ModelVersion(_Model):
+    """A version of a registered model: artifact, lineage, metrics and aliases."""
+
+    api_version: Literal["kubetrain.io/v1alpha1"] = "kubetrain.io/v1alpha1"
+    kind: Literal["ModelVersion"] = "ModelVersion"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelVersionSpec
+    status: ModelVersionStatus | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantities
+# --------------------------------------------------------------------------------------------------
+
+_SUFFIX = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "u": 1e-6,
+    "n": 1e-9,
+}
+
+
+def parse_quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity as a float (cores or bytes)."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = re.fullmatch(r"([+-]?[0-9]*\.?[0-9]+)([a-zA-Z]*|[eE][-+]?[0-9]+)", value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a quantity")
+    number, suffix = m.groups()
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return float(number + suffix)
+    if suffix not in _SUFFIX:
+        raise ValueError(f"{value!r} has an unknown suffix {suffix!r}")
+    return float(number) * _SUFFIX[suffix]

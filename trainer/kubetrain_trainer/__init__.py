@@ -1,0 +1,1 @@
+"""kubetrain trainer: the contract every trainer Job runs."""
