@@ -53,7 +53,14 @@ from typing import Any
 from lightkube import ApiError, Client, codecs
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Secret
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    Node,
+    PersistentVolume,
+    PersistentVolumeClaim,
+    Pod,
+    Secret,
+)
 from lightkube.types import PatchType
 
 log = logging.getLogger("node-agent")
@@ -69,6 +76,8 @@ POLL_SECONDS = 0.25
 OOM_EXIT_CODE = 137
 START_ERROR_EXIT_CODE = 128
 VENV_BIN = str(Path(sys.executable).parent)
+STORAGE_CLASS = "local"
+PROVISIONER = "kubetrain.io/local-node-agent"
 
 Obj = dict[str, Any]
 
@@ -479,10 +488,88 @@ class Agent:
     def startup_cleanup(self) -> None:
         existing: set[str] = set()
         for node in self.nodes:
-            existing |= {
-                p.metadata.uid for p in self.client.list(Pod, namespace="*", fields={"spec.nodeName": node})
-            }
+            existing |= {p.metadata.uid for p in self.client.list(Pod, namespace="*", fields={"spec.nodeName": node})}
         self.cleanup_orphan_dirs(existing)
+
+    # -- storage: a tiny provisioner so PVCs bind (data lives in <run-dir>/pvc/<ns>/<claim>/) -----------
+    def ensure_storage_class(self) -> None:
+        sc = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        }
+        try:
+            self.client.create(codecs.from_dict(sc))
+        except ApiError as e:
+            if e.status.code != 409:
+                raise
+
+    def storage_loop(self) -> None:
+        client = self.new_client()
+        while not self.stopping.wait(1.0):
+            try:
+                self.provision(client)
+            except Exception as e:
+                log.warning("storage reconcile failed: %s", e)
+
+    def provision(self, client: Client) -> None:
+        pvs = {pv.metadata.name: pv.to_dict() for pv in client.list(PersistentVolume)}
+        for pvc in client.list(PersistentVolumeClaim, namespace="*"):
+            claim = pvc.to_dict()
+            meta, spec = claim["metadata"], claim.get("spec") or {}
+            if spec.get("volumeName") or meta.get("deletionTimestamp"):
+                continue
+            if spec.get("storageClassName") not in (STORAGE_CLASS, None, ""):
+                continue
+            name = f"pvc-{meta['uid']}"
+            if name in pvs:
+                continue
+            path = self.run_dir / "pvc" / meta["namespace"] / meta["name"]
+            path.mkdir(parents=True, exist_ok=True)
+            size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
+            pv = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubetrain.io/local-node-agent": "true"},
+                    "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+                },
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "storageClassName": spec.get("storageClassName") or "",
+                    "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                },
+            }
+            client.create(codecs.from_dict(pv))
+            log.info("provisioned %s for claim %s/%s at %s", name, meta["namespace"], meta["name"], path)
+        for name, pv in pvs.items():
+            ann = pv["metadata"].get("annotations") or {}
+            if ann.get("pv.kubernetes.io/provisioned-by") != PROVISIONER:
+                continue
+            if (pv.get("status") or {}).get("phase") in ("Released", "Failed") and not pv["metadata"].get(
+                "deletionTimestamp"
+            ):
+                with contextlib.suppress(ApiError):
+                    client.delete(PersistentVolume, name)
+                ref = pv["spec"].get("claimRef") or {}
+                shutil.rmtree(self.run_dir / "pvc" / ref.get("namespace", "?") / ref.get("name", "?"), True)
+                log.info("deleted released volume %s", name)
 
     def find_log(self, namespace: str, pod: str, container: str) -> tuple[Path | None, PodWorker | None]:
         with self.lock:
@@ -501,7 +588,9 @@ class Agent:
             self.register_node(node)
             self.renew_lease(node)
         self.startup_cleanup()
+        self.ensure_storage_class()
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self.storage_loop, name="storage", daemon=True).start()
         for node in self.nodes:
             threading.Thread(target=self.watch_loop, args=(node,), name=f"watch-{node}", daemon=True).start()
         log.info("node agent running for nodes %s", ", ".join(self.nodes))
@@ -603,12 +692,9 @@ class PodWorker:
         containers = self.spec.get("containers", [])
         init = self.spec.get("initContainers") or []
         running = phase == "Running"
-        all_ready = running and all(
-            "running" in self.statuses.get(c["name"], {}).get("state", {}) for c in containers
-        )
+        all_ready = running and all("running" in self.statuses.get(c["name"], {}).get("state", {}) for c in containers)
         init_done = all(
-            (self.init_statuses.get(c["name"], {}).get("state", {}).get("terminated") or {}).get("exitCode")
-            == 0
+            (self.init_statuses.get(c["name"], {}).get("state", {}).get("terminated") or {}).get("exitCode") == 0
             for c in init
         ) or phase in ("Running", "Succeeded")
         stamp = now()
@@ -838,9 +924,7 @@ class PodWorker:
     def start(self, c: Obj) -> tuple[Running | None, str | None]:
         env = self.build_env(c)
         mounts = self.mount_map(c)
-        argv = [
-            self.rewrite(expand(a, env), mounts) for a in (c.get("command") or []) + (c.get("args") or [])
-        ]
+        argv = [self.rewrite(expand(a, env), mounts) for a in (c.get("command") or []) + (c.get("args") or [])]
         if not argv:
             return None, "no command: the local node agent has no image entrypoints; set command"
         exe = shutil.which(argv[0], path=env["PATH"]) if "/" not in argv[0] else argv[0]
@@ -874,9 +958,7 @@ class PodWorker:
         log.info("pod %s/%s: started container %s pid %d", self.namespace, self.name, c["name"], proc.pid)
         return Running(proc=proc, started_at=now(), log_file=log_file), None
 
-    def terminated(
-        self, c: Obj, run: Running | None, code: int, reason: str | None, message: str = ""
-    ) -> Obj:
+    def terminated(self, c: Obj, run: Running | None, code: int, reason: str | None, message: str = "") -> Obj:
         if not message:
             try:
                 message = self.term_path(c).read_bytes()[:MAX_TERMINATION_MESSAGE].decode("utf-8", "replace")
@@ -957,9 +1039,7 @@ class PodWorker:
                         else f'Back-off pulling image "{c["image"]}"'
                     )
                     waiting = {"waiting": {"reason": reason, "message": msg}}
-                    target = (
-                        self.init_statuses if c in (self.spec.get("initContainers") or []) else self.statuses
-                    )
+                    target = self.init_statuses if c in (self.spec.get("initContainers") or []) else self.statuses
                     target[c["name"]] = self.container_status(c, waiting)
                 for c in self.spec["containers"]:
                     self.statuses.setdefault(
@@ -1046,9 +1126,7 @@ class PodWorker:
                 if code is None:
                     limit = self.memory_limit(c)
                     if limit and rss_bytes(process_group_members(run.proc.pid)) > limit:
-                        log.info(
-                            "pod %s/%s: container %s over its memory limit", self.namespace, self.name, name
-                        )
+                        log.info("pod %s/%s: container %s over its memory limit", self.namespace, self.name, name)
                         kill_group(run.proc.pid, signal.SIGKILL)
                         run.proc.wait()
                         code, reason = OOM_EXIT_CODE, "OOMKilled"
@@ -1067,9 +1145,7 @@ class PodWorker:
                 restart = policy == "Always" or (policy == "OnFailure" and code != 0)
                 if restart:
                     self.restarts[name] = self.restarts.get(name, 0) + 1
-                    delay = (
-                        min(10.0 * 2 ** (self.restarts[name] - 1), 300.0) if self.restarts[name] > 1 else 1.0
-                    )
+                    delay = min(10.0 * 2 ** (self.restarts[name] - 1), 300.0) if self.restarts[name] > 1 else 1.0
                     self.statuses[name] = self.container_status(
                         c,
                         {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {delay:.0f}s"}},
@@ -1140,9 +1216,7 @@ class PodWorker:
             self.patch_status("Failed")
 
     def backoff(self, c: Obj, init: bool) -> bool:
-        delay = (
-            min(10.0 * 2 ** (self.restarts[c["name"]] - 1), 300.0) if self.restarts[c["name"]] > 1 else 1.0
-        )
+        delay = min(10.0 * 2 ** (self.restarts[c["name"]] - 1), 300.0) if self.restarts[c["name"]] > 1 else 1.0
         return self.stop.wait(delay)
 
     def record_killed(self, containers: list[Obj], exited: dict[str, int]) -> None:

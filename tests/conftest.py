@@ -1,0 +1,105 @@
+"""Shared pytest fixtures.
+
+Cluster tests (``@pytest.mark.cluster``) get a real control plane through the session fixture ``cluster``:
+``KUBETRAIN_TEST_KUBECONFIG`` selects an existing cluster (e.g. kind), otherwise ``hack/dev-cluster up``
+starts the local one (built from source, pods run by hack/node_agent.py). The fixture is lazy: unit tests
+never start anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_CLUSTER = REPO / "hack" / "dev-cluster"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("KUBETRAIN_CACHE", Path.home() / ".cache" / "kubetrain"))
+
+
+@dataclass
+class Cluster:
+    """A running cluster: its admin kubeconfig, an environment with our kubectl/helm, and helpers."""
+
+    kubeconfig: str
+    run_dir: Path | None
+    external: bool
+    env: dict[str, str] = field(default_factory=dict)
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against the cluster; output captured as text. ``check`` raises with stderr shown."""
+        proc = subprocess.run(
+            ["kubectl", *args], env=self.env, input=input, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        ns = ["-n", namespace] if namespace else []
+        self.kubectl("apply", *ns, "-f", "-", input=text)
+
+
+def _parse_up_output(stdout: str) -> tuple[str, str | None]:
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    last = lines[-1]
+    assert last.startswith("export KUBECONFIG="), f"unexpected last line of dev-cluster up: {last!r}"
+    path_line = next((line for line in lines if line.startswith("export PATH=")), None)
+    bin_dir = None
+    if path_line:
+        bin_dir = path_line.removeprefix("export PATH=").strip('"').split(":")[0]
+    return last.removeprefix("export KUBECONFIG="), bin_dir
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("KUBETRAIN_TEST_KUBECONFIG")
+    env = dict(os.environ)
+    run_dir: Path | None = None
+    if external:
+        kubeconfig = external
+        bin_dir = os.environ.get("KUBETRAIN_TEST_BIN_DIR")
+    else:
+        proc = subprocess.run([str(DEV_CLUSTER), "up"], capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            pytest.fail(f"hack/dev-cluster up failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+        kubeconfig, bin_dir = _parse_up_output(proc.stdout)
+        run_dir = Path(os.environ.get("KUBETRAIN_RUN_DIR", _cache_root() / "run" / "dev-cluster"))
+    if bin_dir:
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["KUBECONFIG"] = kubeconfig
+    yield Cluster(kubeconfig=kubeconfig, run_dir=run_dir, external=bool(external), env=env)
+    if not external and os.environ.get("KUBETRAIN_KEEP_CLUSTER") != "1":
+        subprocess.run([str(DEV_CLUSTER), "down"], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards without waiting."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    # Pods are refused until the service-account controller has created "default" in the namespace.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no default service account in namespace {name} after 30s")
+        time.sleep(0.3)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
