@@ -1,0 +1,223 @@
+"""Saving the fitted pipeline atomically, and verifying saved models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import contract
+from .errors import VerifyFailed
+
+
+def library_versions() -> dict[str, str]:
+    import joblib
+    import numpy
+    import pandas
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "sklearn": sklearn.__version__,
+        "joblib": joblib.__version__,
+        "pandas": pandas.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+def save_artifacts(run_dir: Path, pipeline: Any, metadata: dict[str, Any], model_uri: str) -> dict[str, Any]:
+    """Write model.joblib, model.joblib.sha256 and metadata.json into ``run_dir`` atomically.
+
+    Everything is written and fsynced in a temp dir next to ``run_dir`` first. A fresh ``run_dir`` is
+    one rename; an existing one (a parallel search's trials, or an earlier attempt) gets each file by
+    rename, metadata.json last, so readers never see a half-written file. Returns the model reference
+    ``{uri, sha256, size, format}`` (also stored in metadata.json).
+    """
+    import joblib
+
+    parent = run_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving pods read the directory
+    try:
+        model_path = tmp / contract.MODEL_FILE
+        joblib.dump(pipeline, model_path)
+        _fsync_file(model_path)
+        digest = sha256_file(model_path)
+        size = model_path.stat().st_size
+        (tmp / contract.CHECKSUM_FILE).write_text(f"{digest}  {contract.MODEL_FILE}\n")
+        ref = {"uri": model_uri, "sha256": digest, "size": size, "format": contract.MODEL_FORMAT}
+        _write_json(tmp / contract.METADATA_FILE, {**metadata, "model": ref})
+        for name in (contract.CHECKSUM_FILE, contract.METADATA_FILE):
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, run_dir)
+        except OSError:
+            if not run_dir.is_dir():
+                raise
+            for name in (contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE):
+                os.replace(tmp / name, run_dir / name)
+            _fsync_dir(run_dir)
+            tmp.rmdir()
+        _fsync_dir(parent)
+        return ref
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def upload_dir(local_dir: Path, remote_base: str) -> None:
+    """Copy artifacts to an object store (s3://), metadata.json last: its presence marks completion."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(remote_base)
+    names = [contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE]
+    for name in names:
+        fs.put_file(str(local_dir / name), f"{root.rstrip('/')}/{name}")
+
+
+# ---- verify -----------------------------------------------------------------------------------------
+
+
+def _expected_sha(model_dir: Path, given: str | None) -> tuple[str, str]:
+    if given:
+        return given.strip().lower(), "given"
+    meta = model_dir / contract.METADATA_FILE
+    if meta.is_file():
+        try:
+            sha = json.loads(meta.read_text())["model"]["sha256"]
+            return str(sha).lower(), contract.METADATA_FILE
+        except (ValueError, KeyError, TypeError):
+            pass
+    side = model_dir / contract.CHECKSUM_FILE
+    if side.is_file():
+        first = side.read_text().split()
+        if first:
+            return first[0].lower(), contract.CHECKSUM_FILE
+    raise VerifyFailed(
+        f"no checksum to verify against: pass --sha256 or provide {contract.METADATA_FILE} / {contract.CHECKSUM_FILE}"
+    )
+
+
+def _smoke_input(model: Any, signature: dict[str, Any] | None) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    features = (signature or {}).get("features") or []
+    if features:
+        row: dict[str, Any] = {}
+        for f in features:
+            kind, dtype = f.get("kind"), str(f.get("dtype", ""))
+            if kind == "datetime" or dtype.startswith("datetime"):
+                row[f["name"]] = pd.Timestamp("2000-01-01")
+            elif kind in ("categorical", "text") or dtype in ("object", "str", "string"):
+                row[f["name"]] = "x"
+            elif dtype == "bool":
+                row[f["name"]] = False
+            else:
+                row[f["name"]] = 0.0
+        frame = pd.DataFrame([row, row])
+        for f in features:
+            dtype = str(f.get("dtype", ""))
+            if dtype.startswith(("int", "uint", "float")):
+                frame[f["name"]] = frame[f["name"]].astype(dtype)
+        return frame
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        return pd.DataFrame(np.zeros((2, len(names))), columns=list(names))
+    n = getattr(model, "n_features_in_", None)
+    if n is None:
+        raise VerifyFailed("model records no input signature (metadata.json, feature_names_in_ or n_features_in_)")
+    return np.zeros((2, int(n)))
+
+
+def verify_model(path: Path, sha256: str | None, uri: str | None = None) -> dict[str, Any]:
+    """Checksum, loadability and a smoke prediction; raises VerifyFailed, returns facts for the result."""
+    model_path = path / contract.MODEL_FILE if path.is_dir() else path
+    model_dir = model_path.parent
+    if not model_path.is_file():
+        raise VerifyFailed(f"model file {model_path} not found")
+    expected, source = _expected_sha(model_dir, sha256)
+    actual = sha256_file(model_path)
+    if actual != expected:
+        raise VerifyFailed(f"checksum mismatch for {model_path.name}: expected {expected} ({source}), got {actual}")
+    metadata: dict[str, Any] = {}
+    meta_path = model_dir / contract.METADATA_FILE
+    if meta_path.is_file():
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise VerifyFailed(f"{contract.METADATA_FILE} is not valid JSON: {exc}") from None
+    import joblib
+
+    try:
+        model = joblib.load(model_path)
+    except Exception as exc:
+        raise VerifyFailed(
+            f"cannot load {model_path.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    if not hasattr(model, "predict"):
+        raise VerifyFailed(f"{model_path.name} holds a {type(model).__name__}, which has no predict()")
+    try:
+        pred = model.predict(_smoke_input(model, metadata.get("signature")))
+    except VerifyFailed:
+        raise
+    except Exception as exc:
+        raise VerifyFailed(
+            f"smoke prediction failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    if len(pred) != 2:
+        raise VerifyFailed(f"smoke prediction returned {len(pred)} values for 2 rows")
+    return {
+        "model": {
+            "uri": uri or model_path.resolve().as_uri(),
+            "sha256": actual,
+            "size": model_path.stat().st_size,
+            "format": contract.MODEL_FORMAT,
+        },
+        "task": (metadata.get("signature") or {}).get("task"),
+        "estimator": (metadata.get("estimator") or {}).get("name"),
+        "metrics": metadata.get("metrics"),
+        "trained_with": metadata.get("versions"),
+    }

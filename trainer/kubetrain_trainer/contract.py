@@ -1,0 +1,201 @@
+"""The trainer's contract with the operator: exit codes, reasons, env vars, progress and result formats.
+
+This module is imported by the operator, so it must stay dependency-free (standard library only): no
+scikit-learn, pandas or numpy at import time.
+
+Invocation
+    ``python -m kubetrain_trainer run`` (no arguments) inside a trainer Job; the TrainingRun manifest
+    comes as JSON in ``KUBETRAIN_CONFIG``. ``verify`` (no arguments) reads ``KUBETRAIN_VERIFY_URI`` and
+    ``KUBETRAIN_VERIFY_SHA256``.
+
+Progress
+    One JSON object per line on stdout: ``{"progress": {"step": "load", "percent": 10}}``.
+    Steps, in order: ``config``, ``load``, ``validate``, ``train``, ``evaluate``, ``save``, ``done``
+    (``search`` replaces ``train`` while a hyperparameter search runs). Anything else the trainer logs
+    goes to stderr.
+
+Result
+    A compact JSON object (at most ``RESULT_MAX_BYTES``) written to the termination-message file
+    (``KUBETRAIN_TERMINATION_LOG``, else ``/dev/termination-log`` when it exists and is writable) and
+    printed as the last line on stdout. See :class:`Result` for the fields. When it would be too large,
+    the least important fields are dropped in ``TRIM_ORDER``.
+
+Exit codes
+    The operator maps them with a podFailurePolicy: 0 success, 1 internal error (retryable), 10..13
+    terminal failures (no retry).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+# ---- exit codes ------------------------------------------------------------------------------------
+
+EXIT_OK: Final = 0
+EXIT_INTERNAL_ERROR: Final = 1  # unexpected; retryable
+EXIT_CONFIG_INVALID: Final = 10
+EXIT_DATA_INVALID: Final = 11
+EXIT_BELOW_THRESHOLD: Final = 12
+EXIT_VERIFY_FAILED: Final = 13
+
+#: Exit codes after which retrying the pod cannot help (podFailurePolicy action FailJob).
+TERMINAL_EXIT_CODES: Final = (EXIT_CONFIG_INVALID, EXIT_DATA_INVALID, EXIT_BELOW_THRESHOLD, EXIT_VERIFY_FAILED)
+
+# ---- outcomes and reasons ----------------------------------------------------------------------------
+
+OUTCOME_SUCCEEDED: Final = "Succeeded"
+OUTCOME_FAILED: Final = "Failed"
+
+REASON_TRAINED: Final = "Trained"  # run: the model was trained, passed its thresholds and was saved
+REASON_VALID: Final = "Valid"  # validate: config and data are fine
+REASON_VERIFIED: Final = "Verified"  # verify: checksum, load and smoke prediction passed
+REASON_TRIALS_COMPLETED: Final = "TrialsCompleted"  # a pod with JOB_COMPLETION_INDEX > 0 wrote its share
+REASON_CONFIG_INVALID: Final = "ConfigInvalid"
+REASON_DATA_INVALID: Final = "DataInvalid"
+REASON_BELOW_THRESHOLD: Final = "BelowThreshold"
+REASON_VERIFY_FAILED: Final = "VerifyFailed"
+REASON_INTERNAL_ERROR: Final = "InternalError"
+
+EXIT_CODE_BY_REASON: Final[dict[str, int]] = {
+    REASON_TRAINED: EXIT_OK,
+    REASON_VALID: EXIT_OK,
+    REASON_VERIFIED: EXIT_OK,
+    REASON_TRIALS_COMPLETED: EXIT_OK,
+    REASON_INTERNAL_ERROR: EXIT_INTERNAL_ERROR,
+    REASON_CONFIG_INVALID: EXIT_CONFIG_INVALID,
+    REASON_DATA_INVALID: EXIT_DATA_INVALID,
+    REASON_BELOW_THRESHOLD: EXIT_BELOW_THRESHOLD,
+    REASON_VERIFY_FAILED: EXIT_VERIFY_FAILED,
+}
+REASON_BY_EXIT_CODE: Final[dict[int, str]] = {
+    EXIT_INTERNAL_ERROR: REASON_INTERNAL_ERROR,
+    EXIT_CONFIG_INVALID: REASON_CONFIG_INVALID,
+    EXIT_DATA_INVALID: REASON_DATA_INVALID,
+    EXIT_BELOW_THRESHOLD: REASON_BELOW_THRESHOLD,
+    EXIT_VERIFY_FAILED: REASON_VERIFY_FAILED,
+}
+
+# ---- environment -------------------------------------------------------------------------------------
+
+ENV_CONFIG: Final = "KUBETRAIN_CONFIG"  # JSON TrainingRun manifest (metadata.name/namespace/uid + spec)
+ENV_DATASET_PATH: Final = "KUBETRAIN_DATASET_PATH"  # local path of the dataset file (wins over spec.dataset.uri)
+ENV_OUTPUT_DIR: Final = "KUBETRAIN_OUTPUT_DIR"  # local directory for this run's artifacts (exact, not a base)
+ENV_PVC_ROOT: Final = "KUBETRAIN_PVC_ROOT"  # where pvc://claim/path resolves: $ROOT/claim/path
+ENV_TERMINATION_LOG: Final = "KUBETRAIN_TERMINATION_LOG"  # result file; default /dev/termination-log
+ENV_CPU_LIMIT: Final = "KUBETRAIN_CPU_LIMIT"  # e.g. "2" or "500m"; bounds n_jobs and thread pools
+ENV_VERIFY_URI: Final = "KUBETRAIN_VERIFY_URI"  # verify: model file or directory (pvc://, file://, s3://)
+ENV_VERIFY_SHA256: Final = "KUBETRAIN_VERIFY_SHA256"  # verify: expected sha256 of model.joblib
+ENV_TRIALS_TIMEOUT: Final = "KUBETRAIN_TRIALS_TIMEOUT"  # index 0 waits this long (s) for other shares
+ENV_JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"  # set by Kubernetes for Indexed Jobs
+
+DEFAULT_PVC_ROOT: Final = "/mnt/kubetrain/pvc"
+DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
+DEFAULT_TRIALS_TIMEOUT_SECONDS: Final = 3600
+
+# ---- artifacts ----------------------------------------------------------------------------------------
+
+MODEL_FILE: Final = "model.joblib"
+CHECKSUM_FILE: Final = "model.joblib.sha256"  # "<hex>  model.joblib\n" (sha256sum format)
+METADATA_FILE: Final = "metadata.json"
+TRIALS_DIR: Final = "trials"  # <run dir>/trials/trial-<index>.json for parallel searches
+MODEL_FORMAT: Final = "joblib"
+
+# ---- result -------------------------------------------------------------------------------------------
+
+RESULT_MAX_BYTES: Final = 4096
+PROGRESS_KEY: Final = "progress"
+#: Fields dropped, in this order, until the result fits in RESULT_MAX_BYTES (then the message is cut).
+TRIM_ORDER: Final = ("timings", "versions", "best_params", "dataset", "warnings", "estimator", "metrics")
+
+
+@dataclass
+class Result:
+    """What a trainer invocation reports. ``None`` fields are left out of the JSON.
+
+    ``metrics``: metric name → float (hold-out test split; ``cv_<metric>_mean``/``_std`` when
+    ``evaluation.cvFolds`` is set; ``search_best_score`` after a search).
+    ``model``: ``{"uri", "sha256", "size", "format"}``. ``dataset``: ``{"rows", "columns",
+    "fingerprint"}``. ``versions``: ``{"python", "sklearn", "joblib", "pandas", "numpy"}``.
+    ``timings``: step → seconds.
+    """
+
+    outcome: str
+    reason: str
+    message: str = ""
+    exit_code: int = EXIT_OK
+    task: str | None = None
+    estimator: str | None = None
+    primary_metric: str | None = None
+    metrics: dict[str, float] | None = None
+    model: dict[str, Any] | None = None
+    best_params: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = None
+    versions: dict[str, str] | None = None
+    timings: dict[str, float] | None = None
+    warnings: list[str] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def to_json(self, max_bytes: int = RESULT_MAX_BYTES) -> str:
+        """Compact JSON no longer than ``max_bytes`` (UTF-8)."""
+        data = self.to_dict()
+        text = _dumps(data)
+        for key in TRIM_ORDER:
+            if len(text.encode()) <= max_bytes:
+                return text
+            data.pop(key, None)
+            text = _dumps(data)
+        while len(text.encode()) > max_bytes and data.get("message"):
+            msg = str(data["message"])
+            data["message"] = msg[: max(0, len(msg) - (len(text.encode()) - max_bytes) - 16)] + "…"
+            text = _dumps(data)
+            if len(msg) <= 1:
+                break
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=False, allow_nan=False, default=str)
+
+
+def progress_line(step: str, percent: int) -> str:
+    """The progress line the trainer prints: ``{"progress": {"step": ..., "percent": ...}}``."""
+    return json.dumps({PROGRESS_KEY: {"step": step, "percent": int(percent)}}, separators=(",", ":"))
+
+
+def parse_progress_line(line: str) -> tuple[str, int] | None:
+    """(step, percent) of a progress line, or None for any other line."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    prog = data.get(PROGRESS_KEY) if isinstance(data, dict) else None
+    if not isinstance(prog, dict) or "step" not in prog or "percent" not in prog:
+        return None
+    return str(prog["step"]), int(prog["percent"])
+
+
+def parse_result(text: str) -> Result | None:
+    """The Result in a termination message or the last stdout line; None when it is not one."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        data = json.loads(text.splitlines()[-1])
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "outcome" not in data or "reason" not in data:
+        return None
+    return Result.from_json(json.dumps(data))

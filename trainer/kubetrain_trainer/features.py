@@ -1,0 +1,389 @@
+"""Data validation, column typing and the preprocessing half of the pipeline."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from .errors import DataInvalid
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+ANOMALY = "anomalyDetection"
+
+MAX_CLASSIFICATION_INTEGER_CLASSES = 20
+MAX_ONE_HOT_CATEGORIES = 50
+TEXT_MAX_FEATURES = 200
+_ID_NAME = re.compile(r"^(id|.*_id|.*Id|uuid|guid|index|unnamed: ?\d+)$", re.IGNORECASE)
+_DATE_CHARS = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+_ANOMALY_TRUE = {"1", "true", "yes", "anomaly", "outlier", "-1"}
+
+
+@dataclass
+class Column:
+    """How one input column is used: ``kind`` is numeric, categorical, datetime or text."""
+
+    name: str
+    kind: str
+    dtype: str
+
+
+@dataclass
+class Prepared:
+    """Validated data ready for splitting: features, target and what was decided about each column."""
+
+    X: pd.DataFrame
+    y: pd.Series | None
+    task: str
+    columns: list[Column]
+    dropped: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return {
+            "features": [{"name": c.name, "dtype": c.dtype, "kind": c.kind} for c in self.columns],
+            "target": self.y.name if self.y is not None else None,
+            "task": self.task,
+        }
+
+
+def _is_string(s: pd.Series) -> bool:
+    return bool(pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype))
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(s.dtype))
+
+
+def infer_task(y: pd.Series | None) -> str:
+    """No target → anomaly detection; non-numeric or few distinct integers → classification."""
+    if y is None:
+        return ANOMALY
+    if pd.api.types.is_bool_dtype(y.dtype) or not _is_numeric(y):
+        return CLASSIFICATION
+    values = y.to_numpy(dtype=float, na_value=np.nan)
+    values = values[~np.isnan(values)]
+    integral = bool(np.all(np.mod(values, 1) == 0))
+    if integral and len(np.unique(values)) <= MAX_CLASSIFICATION_INTEGER_CLASSES:
+        return CLASSIFICATION
+    return REGRESSION
+
+
+def _bad_numeric_example(s: pd.Series) -> tuple[int, Any] | None:
+    """(count, example) of non-null values that do not parse as numbers."""
+    parsed = pd.to_numeric(s, errors="coerce")
+    bad = s.notna() & parsed.isna()
+    if not bad.any():
+        return None
+    return int(bad.sum()), s[bad].iloc[0]
+
+
+def _looks_datetime(s: pd.Series) -> bool:
+    sample = s.dropna().astype(str).head(200)
+    if sample.empty or not sample.map(lambda v: bool(_DATE_CHARS.match(v.strip()))).all():
+        return False
+    parsed = pd.to_datetime(sample, errors="coerce", utc=True, format="ISO8601")
+    return bool(parsed.notna().all())
+
+
+def _infer_kind(name: str, s: pd.Series, n_rows: int) -> tuple[str, str]:
+    """(kind, why) for a column without a columnTypes override; kind 'skip' leaves it out."""
+    nonnull = s.dropna()
+    n = len(nonnull)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return "datetime", ""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return "numeric", ""
+    if _is_numeric(s):
+        if pd.api.types.is_integer_dtype(s.dtype) and n >= 20 and nonnull.is_unique:
+            diffs = np.diff(nonnull.to_numpy())
+            if _ID_NAME.match(name) or (len(diffs) and bool(np.all(diffs == 1))):
+                return "skip", "identifier-like (unique integers)"
+        return "numeric", ""
+    if not _is_string(s):
+        return "skip", f"unsupported dtype {s.dtype}"
+    if n and isinstance(nonnull.iloc[0], dict | list):
+        return "skip", "nested values"
+    if n >= 5:
+        bad = _bad_numeric_example(nonnull)
+        if bad is None:
+            return "numeric-text", ""
+        if bad[0] <= 0.1 * n:
+            raise DataInvalid(
+                f"column {name!r} looks numeric but has {bad[0]} non-numeric value(s), e.g. {bad[1]!r}; "
+                f"fix the data or set spec.dataset.columnTypes.{name} to categorical"
+            )
+    if _looks_datetime(nonnull):
+        return "datetime", ""
+    n_unique = nonnull.nunique()
+    strings = nonnull.astype(str)
+    if n >= 20 and n_unique >= 0.95 * n:
+        mean_len = float(strings.str.len().mean())
+        has_spaces = float(strings.str.contains(" ", regex=False).mean()) > 0.5
+        if mean_len > 30 or has_spaces:
+            return "skip", "free text (set columnTypes to text to use it)"
+        return "skip", "identifier-like (unique values; set columnTypes to use it)"
+    return "categorical", ""
+
+
+def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | None = None) -> Prepared:
+    """Validate the frame against ``spec.dataset`` and decide how each column is used.
+
+    Raises DataInvalid naming the column or rule at the first problem.
+    """
+    validation = dataset.validation
+    columns = list(df.columns)
+    present = set(columns)
+    warnings: list[str] = []
+    missing_required = [c for c in validation.required_columns if c not in present]
+    if missing_required:
+        raise DataInvalid(f"required column(s) missing: {', '.join(missing_required)}")
+    target = dataset.target
+    if target is not None and target not in present:
+        raise DataInvalid(f"target column {target!r} not found (columns: {_names(columns)})")
+    if dataset.features is not None:
+        absent = [c for c in dataset.features if c not in present]
+        if absent:
+            raise DataInvalid(f"feature column(s) not found: {', '.join(absent)}")
+    if len(df) == 0:
+        raise DataInvalid("dataset has no rows")
+
+    y: pd.Series | None = None
+    if target is not None:
+        y = df[target]
+        missing = y.isna()
+        if bool(missing.all()):
+            raise DataInvalid(f"target column {target!r} has no values")
+        if bool(missing.any()):
+            n_missing = int(missing.sum())
+            frac = n_missing / len(df)
+            limit = validation.max_missing_fraction
+            if limit is not None and frac > limit:
+                raise DataInvalid(
+                    f"target column {target!r} is missing in {frac:.1%} of rows (maxMissingFraction {limit})"
+                )
+            warnings.append(f"dropped {n_missing} row(s) without a value in target {target!r}")
+            df = df.loc[~missing]
+            y = df[target]
+
+    need = min_rows if min_rows is not None else validation.min_rows
+    if len(df) < need:
+        raise DataInvalid(f"dataset has {len(df)} usable rows, fewer than minRows {need}")
+
+    if task is None:
+        task = infer_task(y)
+    y = _check_target(y, task) if y is not None else None
+
+    exclude = set(dataset.exclude)
+    candidates = (
+        list(dataset.features)
+        if dataset.features is not None
+        else [c for c in columns if c != target and c not in exclude]
+    )
+    declared = dict(dataset.column_types)
+    unknown_typed = [c for c in declared if c not in present]
+    if unknown_typed:
+        raise DataInvalid(f"columnTypes name column(s) not in the dataset: {', '.join(unknown_typed)}")
+
+    used: list[Column] = []
+    dropped: dict[str, str] = {}
+    converted: dict[str, pd.Series] = {}
+    n_rows = len(df)
+    for name in candidates:
+        s = df[name]
+        kind = declared.get(name)
+        if kind == "ignore":
+            dropped[name] = "columnTypes: ignore"
+            continue
+        n_missing = int(s.isna().sum())
+        if n_missing == n_rows:
+            raise DataInvalid(f"column {name!r} has no values (all missing)")
+        limit = validation.max_missing_fraction
+        if limit is not None and n_missing / n_rows > limit:
+            raise DataInvalid(
+                f"column {name!r} is missing in {n_missing / n_rows:.1%} of rows (maxMissingFraction {limit})"
+            )
+        if kind is None:
+            kind, why = _infer_kind(name, s, n_rows)
+            if kind == "skip":
+                dropped[name] = why
+                continue
+            if kind == "numeric-text":
+                converted[name] = pd.to_numeric(s, errors="coerce")
+                kind = "numeric"
+        elif kind == "numeric" and not _is_numeric(s):
+            bad = _bad_numeric_example(s)
+            if bad is not None:
+                raise DataInvalid(
+                    f"column {name!r} is declared numeric but has {bad[0]} non-numeric value(s), e.g. {bad[1]!r}"
+                )
+            converted[name] = pd.to_numeric(s, errors="coerce")
+        elif kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(s.dtype):
+            parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+            bad_mask = s.notna() & parsed.isna()
+            if bool(bad_mask.any()):
+                raise DataInvalid(
+                    f"column {name!r} is declared datetime but {int(bad_mask.sum())} value(s) do not parse, "
+                    f"e.g. {s[bad_mask].iloc[0]!r}"
+                )
+        if kind in ("categorical", "text") and _is_numeric(s) is False and not _is_string(s):
+            converted[name] = s.astype(str).where(s.notna(), None)
+        if int(s.nunique(dropna=True)) <= 1 and n_missing == 0:
+            dropped[name] = "constant"
+            warnings.append(f"column {name!r} is constant and was left out")
+            continue
+        used.append(Column(name=name, kind=kind, dtype=""))
+
+    if not used:
+        detail = "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:10]) or "no candidate columns"
+        raise DataInvalid(f"no usable feature columns ({detail})")
+
+    X = df[[c.name for c in used]]
+    if converted:
+        X = X.assign(**{k: v for k, v in converted.items() if k in X.columns})
+    for c in used:
+        c.dtype = str(X[c.name].dtype)
+    if dropped:
+        warnings.append("left out: " + ", ".join(f"{k} ({v})" for k, v in list(dropped.items())[:20]))
+    return Prepared(X=X, y=y, task=task, columns=used, dropped=dropped, warnings=warnings)
+
+
+def _check_target(y: pd.Series, task: str) -> pd.Series:
+    name = y.name
+    if task == CLASSIFICATION:
+        counts = y.value_counts()
+        if len(counts) < 2:
+            raise DataInvalid(
+                f"target column {name!r} has a single class ({counts.index[0]!r}); classification needs at least two"
+            )
+        return y
+    if task == REGRESSION:
+        if pd.api.types.is_bool_dtype(y.dtype):
+            raise DataInvalid(f"target column {name!r} is boolean; regression needs a numeric target")
+        if not _is_numeric(y):
+            bad = _bad_numeric_example(y)
+            if bad is not None:
+                raise DataInvalid(
+                    f"target column {name!r} has non-numeric value(s), e.g. {bad[1]!r}; regression needs numbers"
+                )
+            y = pd.to_numeric(y)
+        if int(y.nunique()) < 2:
+            raise DataInvalid(f"target column {name!r} is constant; nothing to learn")
+        return y
+    # anomaly detection: optional labels, 1/true/anomaly/outlier/-1 mark anomalies
+    labels = y.astype(str).str.strip().str.lower().isin(_ANOMALY_TRUE)
+    return labels.astype(int).rename(name)
+
+
+def _names(columns: list[str]) -> str:
+    shown = ", ".join(columns[:12])
+    return shown + (f", ... ({len(columns)} total)" if len(columns) > 12 else "")
+
+
+# ---- transformers ---------------------------------------------------------------------------------
+
+
+class DatetimeParts(TransformerMixin, BaseEstimator):
+    """Expands datetime columns (or ISO strings) into year, month, day, weekday, hour and epoch days."""
+
+    parts = ("year", "month", "day", "dayofweek", "hour")
+
+    def fit(self, X: Any, y: Any = None) -> DatetimeParts:
+        frame = pd.DataFrame(X)
+        self.columns_ = [str(c) for c in frame.columns]
+        self.n_features_in_ = frame.shape[1]
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        frame = pd.DataFrame(X)
+        out = []
+        for col in frame.columns:
+            ts = pd.to_datetime(frame[col], errors="coerce", utc=True, format="mixed")
+            for part in self.parts:
+                out.append(getattr(ts.dt, part).to_numpy(dtype=float, na_value=np.nan))
+            epoch = (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds() / 86400.0
+            out.append(epoch.to_numpy(dtype=float, na_value=np.nan))
+        return np.column_stack(out) if out else np.empty((len(frame), 0))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = [f"{c}_{p}" for c in self.columns_ for p in (*self.parts, "epoch_days")]
+        return np.asarray(names, dtype=object)
+
+
+class TextTfidf(TransformerMixin, BaseEstimator):
+    """TF-IDF of one free-text column (missing values become empty text)."""
+
+    def __init__(self, max_features: int = TEXT_MAX_FEATURES) -> None:
+        self.max_features = max_features
+
+    def _docs(self, X: Any) -> list[str]:
+        s = pd.DataFrame(X).iloc[:, 0]
+        return s.fillna("").astype(str).tolist()
+
+    def fit(self, X: Any, y: Any = None) -> TextTfidf:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer_ = TfidfVectorizer(max_features=self.max_features)
+        self.vectorizer_.fit(self._docs(X))
+        return self
+
+    def transform(self, X: Any) -> Any:
+        return self.vectorizer_.transform(self._docs(X))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.asarray(self.vectorizer_.get_feature_names_out(), dtype=object)
+
+
+def build_preprocessor(columns: list[Column], scale: bool) -> ColumnTransformer:
+    """One ColumnTransformer: impute (+ scale) numbers, one-hot categories, expand dates, TF-IDF text."""
+    numeric = [c.name for c in columns if c.kind == "numeric"]
+    categorical = [c.name for c in columns if c.kind == "categorical"]
+    dates = [c.name for c in columns if c.kind == "datetime"]
+    texts = [c.name for c in columns if c.kind == "text"]
+    transformers: list[tuple[str, Any, Any]] = []
+    if numeric:
+        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
+        if scale:
+            steps.append(("scale", StandardScaler()))
+        transformers.append(("numeric", Pipeline(steps), numeric))
+    if categorical:
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        (
+                            "onehot",
+                            OneHotEncoder(
+                                handle_unknown="ignore",
+                                max_categories=MAX_ONE_HOT_CATEGORIES,
+                                sparse_output=False,
+                            ),
+                        ),
+                    ]
+                ),
+                categorical,
+            )
+        )
+    if dates:
+        date_steps: list[tuple[str, Any]] = [
+            ("parts", DatetimeParts()),
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ]
+        if scale:
+            date_steps.append(("scale", StandardScaler()))
+        transformers.append(("datetime", Pipeline(date_steps), dates))
+    for name in texts:
+        transformers.append((f"text_{name}", TextTfidf(), [name]))
+    return ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0, verbose_feature_names_out=True)
