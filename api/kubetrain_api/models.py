@@ -805,6 +805,20 @@ class AliasEvent(_Model):
     """Detail, e.g. which version took it."""
 
 
+class AliasClaim(_Model):
+    """When this version claimed an alias in spec.aliases, as the operator recorded it (newest claim wins)."""
+
+    alias: str = Field(max_length=63)
+    """The alias."""
+    time: str = Field(max_length=64)
+    """When the claim was written: the API server's managedFields time of the last spec.aliases write
+    (RFC 3339, seconds), else the operator's first observation."""
+    observed: str = Field(max_length=64)
+    """When the operator first saw the claim (RFC 3339 with microseconds); breaks ties of ``time``."""
+    generation: int | None = Field(default=None, ge=0)
+    """metadata.generation at which the operator first saw the claim."""
+
+
 class ServingHint(_Model):
     """Where a serving runtime (KServe) finds the model."""
 
@@ -828,7 +842,9 @@ class ModelVersionStatus(_Model):
     aliases: list[str] = Field(default_factory=list)
     """Aliases this version holds now (an alias belongs to one version of a model at a time)."""
     alias_history: list[AliasEvent] = Field(default_factory=list)
-    """Each move of an alias on this version, oldest first."""
+    """Each move of an alias on this version, oldest first (the last 50 are kept)."""
+    alias_claims: Annotated[list[AliasClaim], Field(max_length=16)] = Field(default_factory=list)
+    """The claims of spec.aliases with their times; the operator orders competing claims by them."""
     serving: ServingHint | None = None
     """KServe-ready storage hint."""
     verification_job: str | None = None
