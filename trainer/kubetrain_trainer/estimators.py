@@ -53,6 +53,8 @@ CATALOGUE: dict[str, dict[str, Callable[[], type]]] = {
 
 #: Estimators whose inputs should be standardised (distance- or penalty-based).
 NEEDS_SCALING = {"logistic_regression", "linear_regression", "ridge", "knn"}
+#: n_jobs is deprecated (no effect) for these since scikit-learn 1.8.
+NO_N_JOBS = {"logistic_regression"}
 #: Parameters the trainer owns: seeds come from spec.seed, parallelism from the CPU limit.
 RESERVED = {"random_state", "n_jobs", "nthread", "device", "verbose", "warm_start"}
 
@@ -118,7 +120,7 @@ def build_estimator(
     owned: dict[str, Any] = {}
     if "random_state" in known:
         owned["random_state"] = seed
-    if "n_jobs" in known:
+    if "n_jobs" in known and name not in NO_N_JOBS:
         owned["n_jobs"] = n_jobs
     if name == "xgboost":
         if gpus > 0:

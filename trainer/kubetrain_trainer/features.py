@@ -296,7 +296,7 @@ def _names(columns: list[str]) -> str:
 class DatetimeParts(TransformerMixin, BaseEstimator):
     """Expands datetime columns (or ISO strings) into year, month, day, weekday, hour and epoch days."""
 
-    parts = ("year", "month", "day", "dayofweek", "hour")
+    parts = ("year", "month", "day", "day_of_week", "hour")
 
     def fit(self, X: Any, y: Any = None) -> DatetimeParts:
         frame = pd.DataFrame(X)
