@@ -113,7 +113,7 @@ def build_estimator(
     reserved = sorted(set(params) & RESERVED)
     if reserved:
         raise ConfigInvalid(
-            f"spec.estimator.params: {', '.join(reserved)} are set by the trainer "
+            f"spec.estimator.params: set by the trainer, not the spec: {', '.join(reserved)} "
             "(use spec.seed, spec.resources, spec.resources.gpus)"
         )
     values = {k: check_value(k, v, "spec.estimator.params") for k, v in params.items()}
