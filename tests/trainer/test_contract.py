@@ -1,0 +1,66 @@
+"""The contract module the operator imports: dependency-free, stable codes, bounded result size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from kubetrain_trainer import contract
+
+
+def test_contract_imports_without_ml_libraries() -> None:
+    code = (
+        "import sys, kubetrain_trainer.contract as c; "
+        "heavy = [m for m in ('sklearn', 'pandas', 'numpy', 'scipy', 'joblib', 'pyarrow') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_exit_codes_and_reasons_are_stable() -> None:
+    assert (contract.EXIT_OK, contract.EXIT_INTERNAL_ERROR) == (0, 1)
+    assert contract.EXIT_CODE_BY_REASON["ConfigInvalid"] == 10
+    assert contract.EXIT_CODE_BY_REASON["DataInvalid"] == 11
+    assert contract.EXIT_CODE_BY_REASON["BelowThreshold"] == 12
+    assert contract.EXIT_CODE_BY_REASON["VerifyFailed"] == 13
+    assert set(contract.TERMINAL_EXIT_CODES) == {10, 11, 12, 13}
+    for code, reason in contract.REASON_BY_EXIT_CODE.items():
+        assert contract.EXIT_CODE_BY_REASON[reason] == code
+
+
+def test_progress_line_round_trip() -> None:
+    line = contract.progress_line("load", 10)
+    assert json.loads(line) == {"progress": {"step": "load", "percent": 10}}
+    assert contract.parse_progress_line(line) == ("load", 10)
+    assert contract.parse_progress_line('{"outcome": "Succeeded"}') is None
+    assert contract.parse_progress_line("plain log line") is None
+
+
+def test_result_is_trimmed_to_four_kib_keeping_the_essentials() -> None:
+    big = contract.Result(
+        outcome="Failed",
+        reason="DataInvalid",
+        message="x" * 10_000,
+        exit_code=11,
+        metrics={f"m{i}": 0.5 for i in range(50)},
+        model={"uri": "pvc://a/b/model.joblib", "sha256": "0" * 64, "size": 1, "format": "joblib"},
+        best_params={f"p{i}": "v" * 50 for i in range(40)},
+        timings={f"t{i}": 1.0 for i in range(40)},
+        versions={"python": "3.11"},
+        warnings=["w" * 200] * 10,
+    )
+    text = big.to_json()
+    assert len(text.encode()) <= contract.RESULT_MAX_BYTES
+    parsed = contract.parse_result("noise\n" + text)
+    assert parsed is not None
+    assert parsed.reason == "DataInvalid" and parsed.exit_code == 11
+    assert parsed.model is not None and parsed.model["sha256"] == "0" * 64
+    assert parsed.timings is None and parsed.best_params is None
+
+
+def test_small_result_is_untouched() -> None:
+    res = contract.Result(outcome="Succeeded", reason="Trained", metrics={"accuracy": 0.97})
+    assert contract.Result.from_json(res.to_json()) == res
+    assert contract.parse_result("not json") is None
