@@ -1,0 +1,301 @@
+"""The trainer Job of a TrainingRun, built by a pure function of (run, uid, settings).
+
+Nothing here talks to the API server: ``build_trainer_job`` returns the manifest as a dict, so unit
+tests (and a golden file) pin it down exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubetrain_api.models import API_VERSION, TrainingRun, parse_quantity
+from kubetrain_trainer import contract
+
+from .settings import Settings
+
+TRAINER_CONTAINER = "trainer"
+TRAINER_COMMAND = ["python", "-m", "kubetrain_trainer", "run"]
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TMP_DIR = "/tmp"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RUN = "kubetrain.io/run"
+LABEL_RUN_UID = "kubetrain.io/run-uid"
+LABEL_MODEL = "kubetrain.io/model"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+MANAGED_BY = "kubetrain"
+COMPONENT_TRAINER = "trainer"
+#: The server-side label selector of the Jobs and pods the operator watches.
+OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_TRAINER}"
+
+# Not (yet) constants of the trainer contract, but read by the trainer.
+ENV_OUTPUT_URI = "KUBETRAIN_OUTPUT_URI"
+ENV_RUN_NAME = "KUBETRAIN_RUN_NAME"
+
+
+def job_name(run_name: str, uid: str) -> str:
+    """``<run name>-<4 hex of sha256(uid)>``: stable for a run, new for a re-created run of the same name.
+
+    Run names are at most 52 characters (CRD), so this is at most 57, and pod names of a non-indexed Job
+    (``<job>-<5 random>``) keep the job-name label within 63.
+    """
+    return f"{run_name}-{hashlib.sha256(uid.encode()).hexdigest()[:4]}"
+
+
+@dataclass(frozen=True)
+class ClaimMount:
+    """One PersistentVolumeClaim mounted into the trainer pod."""
+
+    claim: str
+    volume: str
+    mount_path: str
+    read_only: bool
+
+
+def _pvc_parts(uri: str) -> tuple[str, str]:
+    """``pvc://claim/a/b`` → ("claim", "a/b")."""
+    rest = uri.removeprefix("pvc://")
+    claim, _, path = rest.partition("/")
+    return claim, path.strip("/")
+
+
+def effective_output(run: TrainingRun, settings: Settings) -> str:
+    """The output base URI: the spec's, else the operator's default."""
+    return run.spec.output.uri if run.spec.output else settings.default_output
+
+
+def claim_mounts(run: TrainingRun, settings: Settings) -> list[ClaimMount]:
+    """Claims the pod needs: the dataset's (read-only unless also the output's) and the output's."""
+    writable: set[str] = set()
+    claims: list[str] = []
+    out = effective_output(run, settings)
+    if out.startswith("pvc://"):
+        claim = _pvc_parts(out)[0]
+        writable.add(claim)
+        claims.append(claim)
+    if run.spec.dataset.uri.startswith("pvc://"):
+        claim = _pvc_parts(run.spec.dataset.uri)[0]
+        if claim not in claims:
+            claims.append(claim)
+    return [
+        ClaimMount(claim, f"pvc-{i}", f"{settings.pvc_mount_root}/{claim}", claim not in writable)
+        for i, claim in enumerate(sorted(claims))
+    ]
+
+
+def dataset_path(run: TrainingRun, settings: Settings) -> str | None:
+    """Path of a pvc:// dataset inside the pod; None for other schemes (the trainer fetches those)."""
+    if not run.spec.dataset.uri.startswith("pvc://"):
+        return None
+    claim, path = _pvc_parts(run.spec.dataset.uri)
+    return f"{settings.pvc_mount_root}/{claim}/{path}"
+
+
+def output_dir(run: TrainingRun, settings: Settings) -> str | None:
+    """This run's artifact directory inside the pod (``<output>/<run name>``); None for s3:// (uploaded)."""
+    out = effective_output(run, settings)
+    name = run.metadata["name"]
+    if out.startswith("pvc://"):
+        claim, path = _pvc_parts(out)
+        return "/".join(p for p in (settings.pvc_mount_root, claim, path, name) if p)
+    if out.startswith("file://"):
+        return f"{out.removeprefix('file://').rstrip('/')}/{name}"
+    return None
+
+
+def config_json(run: TrainingRun, uid: str) -> str:
+    """The TrainingRun manifest the trainer reads from KUBETRAIN_CONFIG (spec with defaults resolved)."""
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": run.metadata["name"], "namespace": run.metadata.get("namespace"), "uid": uid},
+        "spec": run.spec.dump(),
+    }
+    return json.dumps(manifest, separators=(",", ":"), sort_keys=True)
+
+
+def trainer_env(run: TrainingRun, uid: str, settings: Settings) -> list[dict[str, Any]]:
+    """The trainer container's environment (names from the trainer contract)."""
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_CONFIG, "value": config_json(run, uid)},
+        {"name": ENV_RUN_NAME, "value": run.metadata["name"]},
+        {"name": ENV_OUTPUT_URI, "value": effective_output(run, settings)},
+        {"name": contract.ENV_PVC_ROOT, "value": settings.pvc_mount_root},
+        {"name": contract.ENV_TERMINATION_LOG, "value": TERMINATION_MESSAGE_PATH},
+        {
+            "name": contract.ENV_CPU_LIMIT,
+            "valueFrom": {"resourceFieldRef": {"containerName": TRAINER_CONTAINER, "resource": "limits.cpu"}},
+        },
+        {"name": "HOME", "value": TMP_DIR},
+    ]
+    ds = dataset_path(run, settings)
+    if ds:
+        env.append({"name": contract.ENV_DATASET_PATH, "value": ds})
+    out = output_dir(run, settings)
+    if out:
+        env.append({"name": contract.ENV_OUTPUT_DIR, "value": out})
+    return env
+
+
+def resources(run: TrainingRun, settings: Settings) -> dict[str, Any]:
+    """requests/limits with the operator's defaults filled in; GPUs as nvidia.com/gpu limits."""
+    spec = run.spec.resources
+    requests = dict(settings.default_requests)
+    limits = dict(settings.default_limits)
+    if spec.requests:
+        requests.update({k: str(v) for k, v in spec.requests.dump().items()})
+    if spec.limits:
+        limits.update({k: str(v) for k, v in spec.limits.dump().items()})
+    # A request above the default limit would be refused: an explicit request raises a default limit.
+    for res in ("cpu", "memory"):
+        if parse_quantity(requests[res]) > parse_quantity(limits[res]):
+            if spec.limits and getattr(spec.limits, res) is not None:
+                requests[res] = limits[res]
+            else:
+                limits[res] = requests[res]
+    if spec.gpus:
+        limits["nvidia.com/gpu"] = str(spec.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def tolerations(run: TrainingRun, settings: Settings) -> list[dict[str, Any]]:
+    out = [t.dump() for t in run.spec.tolerations or []]
+    if run.spec.resources.gpus > 0 and not any(t.get("key") == settings.gpu_toleration_key for t in out):
+        out.append({"key": settings.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"})
+    return out
+
+
+def labels(run: TrainingRun) -> dict[str, str]:
+    return {
+        LABEL_NAME: "kubetrain",
+        LABEL_COMPONENT: COMPONENT_TRAINER,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RUN: run.metadata["name"],
+        LABEL_MODEL: run.spec.model,
+    }
+
+
+def desired_suspend(run: TrainingRun) -> bool | None:
+    """The Job's spec.suspend the operator wants; None = leave it to Kueue (queued run, not suspended)."""
+    if run.spec.suspend:
+        return True
+    if run.spec.queue_name:
+        return None
+    return False
+
+
+def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+    """The trainer Job manifest of ``run`` (whose metadata.uid is ``uid``)."""
+    name = run.metadata["name"]
+    namespace = run.metadata.get("namespace")
+    spec = run.spec
+    job_labels = labels(run)
+    if spec.queue_name:
+        job_labels[LABEL_QUEUE] = spec.queue_name
+    pod_labels = labels(run)
+    mounts = claim_mounts(run, settings)
+
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(TRAINER_COMMAND),
+        "env": trainer_env(run, uid, settings),
+        "resources": resources(run, settings),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}]
+        + [{"name": m.volume, "mountPath": m.mount_path, "readOnly": m.read_only} for m in mounts],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}]
+        + [
+            {"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}} for m in mounts
+        ],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    tols = tolerations(run, settings)
+    if tols:
+        pod_spec["tolerations"] = tols
+    if spec.affinity:
+        pod_spec["affinity"] = spec.affinity
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": list(contract.TERMINAL_EXIT_CODES),
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "suspend": bool(spec.suspend or spec.queue_name),
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    parallelism = spec.search.parallelism if spec.search else 1
+    if parallelism > 1:
+        job_spec.update(completionMode="Indexed", completions=parallelism, parallelism=parallelism)
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, uid),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {LABEL_RUN_UID: uid},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "TrainingRun",
+                    "name": name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }
+
+
+def owned_by(job: dict[str, Any], uid: str) -> bool:
+    """Whether ``job`` is controlled by the TrainingRun with ``uid`` (AlreadyExists → adopt only then)."""
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)

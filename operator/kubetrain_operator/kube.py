@@ -1,0 +1,172 @@
+"""The only module that talks to the Kubernetes API (lightkube ``AsyncClient``; never blocks the loop).
+
+Functions take and return plain dicts (manifests as stored), so the rest of the operator stays pure.
+``ApiError`` propagates; ``is_not_found`` / ``is_conflict`` / ``is_already_exists`` classify it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetrain_api.models import GROUP, VERSION
+from lightkube import ApiError, AsyncClient
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod
+from lightkube.types import CascadeType, PatchType
+
+FIELD_MANAGER = "kubetrain-operator"
+
+TrainingRunResource = create_namespaced_resource(GROUP, VERSION, "TrainingRun", "trainingruns")
+ModelVersionResource = create_namespaced_resource(GROUP, VERSION, "ModelVersion", "modelversions")
+
+_client: AsyncClient | None = None
+
+
+def client() -> AsyncClient:
+    """The process-wide client (kubeconfig or in-cluster service account), created on first use."""
+    global _client
+    if _client is None:
+        _client = AsyncClient(field_manager=FIELD_MANAGER)
+    return _client
+
+
+async def close() -> None:
+    global _client
+    if _client is not None:
+        await _client.close()
+        _client = None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status.code == 404
+
+
+def is_already_exists(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status.code == 409 and exc.status.reason == "AlreadyExists"
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status.code == 409
+
+
+def _dict(obj: Any) -> dict[str, Any]:
+    return obj if isinstance(obj, dict) else obj.to_dict()
+
+
+# --- TrainingRun ---------------------------------------------------------------------------------------------
+
+
+async def get_training_run(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _dict(await client().get(TrainingRunResource, name, namespace=namespace))
+    except ApiError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+async def patch_training_run_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """JSON merge patch of the status subresource (no resourceVersion: our own fields only)."""
+    await client().patch(
+        TrainingRunResource.Status,
+        name,
+        {"status": patch},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+
+
+# --- Jobs and pods ---------------------------------------------------------------------------------------------
+
+
+async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _dict(await client().get(Job, name, namespace=namespace))
+    except ApiError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+async def create_job(manifest: dict[str, Any]) -> dict[str, Any]:
+    job: Any = Job.from_dict(manifest)
+    return _dict(await client().create(job))
+
+
+async def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    await client().patch(Job, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+
+
+async def delete_job(namespace: str, name: str) -> None:
+    """Delete a Job and (in the background) its pods; a missing Job is fine."""
+    try:
+        await client().delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+    except ApiError as exc:
+        if not is_not_found(exc):
+            raise
+
+
+async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    pods = client().list(Pod, namespace=namespace, labels={"batch.kubernetes.io/job-name": job_name})
+    return [_dict(p) async for p in pods]
+
+
+async def pod_log_tail(namespace: str, pod: str, container: str, lines: int) -> str | None:
+    """Last ``lines`` lines of a container's log; None when the log cannot be read."""
+    try:
+        out = [line async for line in client().log(pod, namespace=namespace, container=container, tail_lines=lines)]
+    except (ApiError, OSError, ValueError):
+        return None
+    except Exception:  # the log endpoint is best-effort (httpx errors, node gone)
+        return None
+    return "".join(out)
+
+
+# --- ModelVersions (creation on behalf of a TrainingRun) -----------------------------------------------------------
+
+
+async def list_model_versions(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    selector: Any = labels or None
+    items = client().list(ModelVersionResource, namespace=namespace, labels=selector)
+    return [_dict(i) async for i in items]
+
+
+async def create_model_version(manifest: dict[str, Any]) -> dict[str, Any]:
+    obj: Any = ModelVersionResource.from_dict(manifest)
+    return _dict(await client().create(obj))
+
+
+# --- ModelVersion ------------------------------------------------------------------------------------------------
+# (functions of the ModelVersion controller go below this line)
+
+
+async def get_model_version(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _dict(await client().get(ModelVersionResource, name, namespace=namespace))
+    except ApiError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+async def list_versions_of_model(namespace: str, model: str) -> list[dict[str, Any]]:
+    """Every ModelVersion of ``model`` in the namespace, by spec.model (hand-made ones may lack the label)."""
+    items = client().list(ModelVersionResource, namespace=namespace)
+    return [d async for d in (_dict(i) async for i in items) if (d.get("spec") or {}).get("model") == model]
+
+
+async def patch_model_version_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """JSON merge patch of the ModelVersion status subresource (never the spec)."""
+    await client().patch(
+        ModelVersionResource.Status, name, {"status": patch}, namespace=namespace, patch_type=PatchType.MERGE
+    )
+
+
+async def delete_model_version(namespace: str, name: str) -> None:
+    """Delete one ModelVersion (retention); a missing one is fine."""
+    try:
+        await client().delete(ModelVersionResource, name, namespace=namespace)
+    except ApiError as exc:
+        if not is_not_found(exc):
+            raise

@@ -1,0 +1,441 @@
+"""TrainingRun status derived from what the cluster shows: pure functions of (run, Job, pods, now).
+
+``observe`` classifies the run (phase, reason, result of the trainer); ``build_status`` turns that into
+the full ``status`` object (camelCase, as stored); ``status_patch`` is the merge patch from the stored
+status to the desired one (empty when nothing changed, so nothing is written).
+
+Semantics
+    phase       Pending → (Queued | Suspended) → Running → Succeeded | Failed. Succeeded and Failed are
+                final: once written, the status is never recomputed from the Job (which may be deleted by
+                its TTL) again.
+    conditions  JobCreated, Running, Succeeded (the summary: Unknown while in progress, True on success,
+                False with the failure reason), Registered (a ModelVersion was created). Each carries
+                observedGeneration; lastTransitionTime moves only when status flips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetrain_api.models import DEFAULT_PRIMARY_METRIC, TrainingRun
+from kubetrain_trainer import contract
+
+from .jobs import TRAINER_CONTAINER
+
+# ---- phases ---------------------------------------------------------------------------------------------
+PENDING = "Pending"
+QUEUED = "Queued"
+SUSPENDED = "Suspended"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+TERMINAL_PHASES = (SUCCEEDED, FAILED)
+
+# ---- condition types ------------------------------------------------------------------------------------
+COND_JOB_CREATED = "JobCreated"
+COND_RUNNING = "Running"
+COND_SUCCEEDED = "Succeeded"
+COND_REGISTERED = "Registered"
+
+# ---- reasons (CamelCase) ----------------------------------------------------------------------------------
+REASON_JOB_CREATED = "JobCreated"
+REASON_JOB_ADOPTED = "JobAdopted"
+REASON_POD_PENDING = "PodPending"
+REASON_POD_RUNNING = "PodRunning"
+REASON_QUEUED = "Queued"
+REASON_SUSPENDED = "Suspended"
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_IMAGE_PULL_BACKOFF = "ImagePullBackOff"
+REASON_TRAINED = contract.REASON_TRAINED
+REASON_CONFIG_INVALID = contract.REASON_CONFIG_INVALID
+REASON_DATA_INVALID = contract.REASON_DATA_INVALID
+REASON_BELOW_THRESHOLD = contract.REASON_BELOW_THRESHOLD
+REASON_INTERNAL_ERROR = contract.REASON_INTERNAL_ERROR
+REASON_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+REASON_DEADLINE_EXCEEDED = "DeadlineExceeded"
+REASON_OOM_KILLED = "OOMKilled"
+REASON_IMAGE_PULL_FAILED = "ImagePullFailed"
+REASON_STARTUP_DEADLINE_EXCEEDED = "StartupDeadlineExceeded"
+REASON_JOB_DELETED = "JobDeleted"
+REASON_JOB_CONFLICT = "JobConflict"
+REASON_JOB_FAILED = "JobFailed"
+REASON_COMPLETED = "Completed"
+REASON_MODEL_VERSION_CREATED = "ModelVersionCreated"
+#: Failures decided by the operator (not by the Job controller): the Job is deleted so nothing lingers.
+OPERATOR_DECIDED_FAILURES = (REASON_UNSCHEDULABLE, REASON_IMAGE_PULL_FAILED, REASON_STARTUP_DEADLINE_EXCEEDED)
+
+IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+LOG_TAIL_MAX = 4096
+MESSAGE_MAX = 8192
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def format_duration(seconds: float) -> str:
+    """``1h2m3s`` / ``4m5s`` / ``6s``, like kubectl."""
+    total = max(0, round(seconds))
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == TRAINER_CONTAINER:
+            return cs
+    return {}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    cs = _trainer_status(pod)
+    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+
+
+def _created(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _completion_index(pod: dict[str, Any]) -> str | None:
+    meta = pod.get("metadata") or {}
+    return (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index") or (
+        meta.get("labels") or {}
+    ).get("batch.kubernetes.io/job-completion-index")
+
+
+def pod_ever_started(pod: dict[str, Any]) -> bool:
+    phase = (pod.get("status") or {}).get("phase")
+    if phase in ("Running", "Succeeded", "Failed"):
+        return True
+    state = _trainer_status(pod).get("state") or {}
+    return "running" in state or "terminated" in state
+
+
+def result_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pod whose termination message is the run's result: index 0 of an Indexed Job, else the latest
+    succeeded pod."""
+    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+    indexed = [p for p in done if _completion_index(p) is not None]
+    if indexed:
+        done = [p for p in indexed if _completion_index(p) == "0"]
+    return max(done, key=_created) if done else None
+
+
+def last_failed_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed" or _terminated(p)]
+    failed = [p for p in failed if _terminated(p).get("exitCode", 0) != 0 or p["status"].get("phase") == "Failed"]
+    return max(failed, key=_created) if failed else None
+
+
+def _pending_reason(pods: list[dict[str, Any]]) -> tuple[str, str]:
+    """Why the (not yet started) pods wait: (reason, message)."""
+    for pod in pods:
+        waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in IMAGE_PULL_WAITING:
+            return (
+                REASON_IMAGE_PULL_BACKOFF,
+                f"pod {pod['metadata']['name']}: {waiting.get('message') or waiting['reason']}",
+            )
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return REASON_UNSCHEDULABLE, f"pod {pod['metadata']['name']}: {cond.get('message') or 'unschedulable'}"
+    return REASON_POD_PENDING, "waiting for the trainer pod to start"
+
+
+@dataclass
+class Outcome:
+    """What the run is doing, as observed."""
+
+    phase: str
+    reason: str
+    message: str = ""
+    result: contract.Result | None = None
+    exit_code: int | None = None
+    log_tail: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    attempts: int | None = None
+    delete_job: bool = False
+    """The operator decided the run failed (startup deadline): the Job must go."""
+    recheck_after: float | None = None
+    """Seconds after which the run must be looked at again even without events (startup deadline)."""
+    failed_pod: str | None = None
+    """The last failed pod (to read its log tail from)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+def observe(
+    run: TrainingRun,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    now: dt.datetime,
+) -> Outcome:
+    """Classify the run from its Job and the Job's pods."""
+    prev = run.status
+    if job is None:
+        if prev and prev.job_name:
+            return Outcome(
+                FAILED,
+                REASON_JOB_DELETED,
+                f"Job {prev.job_name} was deleted before the run finished; create a new TrainingRun to retry",
+                completion_time=format_time(now),
+            )
+        return Outcome(PENDING, REASON_POD_PENDING, "creating the trainer Job")
+
+    jstatus = job.get("status") or {}
+    start_time = jstatus.get("startTime")
+    failed = int(jstatus.get("failed") or 0)
+    live = int(jstatus.get("active") or 0) + int(jstatus.get("succeeded") or 0)
+    attempts = failed + (1 if live else 0) or (1 if pods else None)
+
+    complete = _job_condition(job, "Complete")
+    if complete:
+        pod = result_pod(pods)
+        result = contract.parse_result(_terminated(pod).get("message") or "") if pod else None
+        return Outcome(
+            SUCCEEDED,
+            REASON_TRAINED,
+            (result.message if result and result.message else "the model was trained and saved"),
+            result=result,
+            exit_code=0,
+            start_time=start_time,
+            completion_time=jstatus.get("completionTime") or complete.get("lastTransitionTime"),
+            attempts=attempts,
+        )
+
+    job_failed = _job_condition(job, "Failed")
+    if job_failed:
+        return _failed_outcome(job_failed, pods, start_time, attempts)
+
+    if job.get("spec", {}).get("suspend") and not int(jstatus.get("active") or 0):
+        if run.spec.suspend:
+            return Outcome(SUSPENDED, REASON_SUSPENDED, "spec.suspend is true", attempts=attempts)
+        if run.spec.queue_name:
+            return Outcome(QUEUED, REASON_QUEUED, f"waiting for admission by queue {run.spec.queue_name}")
+        return Outcome(PENDING, REASON_POD_PENDING, "resuming the trainer Job")
+
+    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
+        return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
+
+    reason, message = _pending_reason(pods)
+    if not any(pod_ever_started(p) for p in pods):
+        ref = parse_time(start_time) or parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
+        waited = (now - ref).total_seconds()
+        deadline = run.spec.startup_deadline_seconds
+        if waited >= deadline:
+            final = {
+                REASON_UNSCHEDULABLE: REASON_UNSCHEDULABLE,
+                REASON_IMAGE_PULL_BACKOFF: REASON_IMAGE_PULL_FAILED,
+            }.get(reason, REASON_STARTUP_DEADLINE_EXCEEDED)
+            return Outcome(
+                FAILED,
+                final,
+                f"no trainer pod started within startupDeadlineSeconds={deadline}: {message}",
+                start_time=start_time,
+                completion_time=format_time(now),
+                attempts=attempts,
+                delete_job=True,
+            )
+        return Outcome(
+            PENDING, reason, message, start_time=start_time, attempts=attempts, recheck_after=deadline - waited + 0.5
+        )
+    return Outcome(PENDING, reason, message, start_time=start_time, attempts=attempts)
+
+
+def _failed_outcome(
+    job_failed: dict[str, Any], pods: list[dict[str, Any]], start_time: str | None, attempts: int | None
+) -> Outcome:
+    pod = last_failed_pod(pods)
+    term = _terminated(pod) if pod else {}
+    raw_message = str(term.get("message") or "")
+    result = contract.parse_result(raw_message) if raw_message else None
+    exit_code = term.get("exitCode")
+    job_reason = job_failed.get("reason") or REASON_JOB_FAILED
+    log_tail = None if result else (raw_message[-LOG_TAIL_MAX:] or None)
+    if job_reason == "DeadlineExceeded":
+        reason, message = REASON_DEADLINE_EXCEEDED, job_failed.get("message") or "activeDeadlineSeconds exceeded"
+    elif term.get("reason") == "OOMKilled" or exit_code == 137:
+        reason = REASON_OOM_KILLED
+        message = f"the trainer was killed for exceeding its memory limit (exit code {exit_code})"
+    elif job_reason == "PodFailurePolicy" and result is not None:
+        reason, message = result.reason, result.message
+    elif job_reason == "PodFailurePolicy" and exit_code in contract.REASON_BY_EXIT_CODE:
+        reason, message = contract.REASON_BY_EXIT_CODE[exit_code], job_failed.get("message") or ""
+    elif job_reason == "BackoffLimitExceeded":
+        reason = REASON_BACKOFF_LIMIT_EXCEEDED
+        detail = f": {result.reason}: {result.message}" if result else ""
+        message = f"the trainer failed {attempts or 1} time(s), last exit code {exit_code}{detail}"
+    else:
+        reason, message = job_reason, job_failed.get("message") or ""
+    return Outcome(
+        FAILED,
+        reason,
+        message,
+        result=result,
+        exit_code=exit_code,
+        log_tail=log_tail,
+        start_time=start_time,
+        completion_time=job_failed.get("lastTransitionTime"),
+        attempts=attempts,
+        failed_pod=(pod or {}).get("metadata", {}).get("name"),
+    )
+
+
+def primary_metric(run: TrainingRun, result: contract.Result | None) -> str | None:
+    """``name=value`` for the printer column."""
+    if not result or not result.metrics:
+        return None
+    task = result.task or run.spec.task or "classification"
+    name = result.primary_metric or run.spec.evaluation.primary_metric or DEFAULT_PRIMARY_METRIC.get(task)
+    if not name or name not in result.metrics:
+        return None
+    return f"{name}={result.metrics[name]:.4g}"
+
+
+def _condition(
+    previous: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str, gen: int, now: dt.datetime
+) -> dict[str, Any]:
+    old = next((c for c in previous if c.get("type") == ctype), None)
+    ltt = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else None
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message[:MESSAGE_MAX],
+        "lastTransitionTime": ltt or format_time(now),
+        "observedGeneration": gen,
+    }
+
+
+def build_status(
+    run: TrainingRun,
+    generation: int,
+    outcome: Outcome,
+    current: dict[str, Any],
+    now: dt.datetime,
+    *,
+    job_name: str | None,
+    progress: dict[str, Any] | None = None,
+    model_version: str | None = None,
+) -> dict[str, Any]:
+    """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
+    prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
+    st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
+    if job_name:
+        st["jobName"] = job_name
+    attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0))
+    if attempts:
+        st["attempts"] = attempts
+    start = current.get("startTime") or outcome.start_time
+    if start:
+        st["startTime"] = start
+    task = (outcome.result.task if outcome.result else None) or run.spec.task or current.get("task")
+    if task:
+        st["task"] = task
+    if outcome.terminal:
+        completion = current.get("completionTime") or outcome.completion_time or format_time(now)
+        st["completionTime"] = completion
+        t0, t1 = parse_time(start), parse_time(completion)
+        if t0 and t1:
+            st["duration"] = format_duration((t1 - t0).total_seconds())
+    if outcome.phase == SUCCEEDED:
+        st["progress"] = {"step": "done", "percent": 100}
+    elif progress or current.get("progress"):
+        st["progress"] = progress or current.get("progress")
+    result = outcome.result
+    if result and result.metrics:
+        st["metrics"] = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+        pm = primary_metric(run, result)
+        if pm:
+            st["primaryMetric"] = pm
+    if outcome.phase == SUCCEEDED and result and result.model and result.model.get("sha256"):
+        st["model"] = {
+            k: result.model[k] for k in ("uri", "sha256", "size", "format") if result.model.get(k) is not None
+        }
+    if model_version or current.get("modelVersion"):
+        st["modelVersion"] = model_version or current.get("modelVersion")
+    if outcome.phase == FAILED:
+        failure: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[:MESSAGE_MAX]}
+        if outcome.exit_code is not None:
+            failure["exitCode"] = outcome.exit_code
+        if outcome.log_tail:
+            failure["logTail"] = outcome.log_tail[-LOG_TAIL_MAX:]
+        st["failure"] = failure
+
+    conds = []
+    if job_name:
+        conds.append(
+            _condition(prev_conds, COND_JOB_CREATED, "True", REASON_JOB_CREATED, f"Job {job_name}", generation, now)
+        )
+    running = outcome.phase == RUNNING
+    run_reason = (
+        outcome.reason if not outcome.terminal else (REASON_COMPLETED if outcome.phase == SUCCEEDED else outcome.reason)
+    )
+    conds.append(
+        _condition(
+            prev_conds, COND_RUNNING, "True" if running else "False", run_reason, outcome.message, generation, now
+        )
+    )
+    summary = {SUCCEEDED: "True", FAILED: "False"}.get(outcome.phase, "Unknown")
+    conds.append(_condition(prev_conds, COND_SUCCEEDED, summary, outcome.reason, outcome.message, generation, now))
+    mv = st.get("modelVersion")
+    if mv:
+        conds.append(
+            _condition(
+                prev_conds, COND_REGISTERED, "True", REASON_MODEL_VERSION_CREATED, f"ModelVersion {mv}", generation, now
+            )
+        )
+    st["conditions"] = conds
+    return st
+
+
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch turning ``current`` into ``desired`` (top-level keys; None deletes)."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if current.get(key) != value:
+            patch[key] = value
+    for key in current:
+        if key not in desired:
+            patch[key] = None
+    return patch
+
+
+def invalid_status(generation: int, message: str, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """Status of a run whose spec the operator refuses (ConfigInvalid): Failed, no Job."""
+    prev = list(current.get("conditions") or [])
+    return {
+        "phase": FAILED,
+        "observedGeneration": generation,
+        "completionTime": current.get("completionTime") or format_time(now),
+        "failure": {"reason": REASON_CONFIG_INVALID, "message": message[:MESSAGE_MAX]},
+        "conditions": [
+            _condition(prev, COND_RUNNING, "False", REASON_CONFIG_INVALID, message, generation, now),
+            _condition(prev, COND_SUCCEEDED, "False", REASON_CONFIG_INVALID, message, generation, now),
+        ],
+    }
