@@ -53,6 +53,8 @@ CATALOGUE: dict[str, dict[str, Callable[[], type]]] = {
 
 #: Estimators whose inputs should be standardised (distance- or penalty-based).
 NEEDS_SCALING = {"logistic_regression", "linear_regression", "ridge", "knn"}
+#: Estimators that handle missing values themselves (numeric columns skip imputation).
+NATIVE_MISSING = {"hist_gradient_boosting", "xgboost"}
 #: n_jobs is deprecated (no effect) for these since scikit-learn 1.8.
 NO_N_JOBS = {"logistic_regression"}
 #: Parameters the trainer owns: seeds come from spec.seed, parallelism from the CPU limit.

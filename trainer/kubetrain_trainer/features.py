@@ -98,18 +98,21 @@ def _looks_datetime(s: pd.Series) -> bool:
 
 def _infer_kind(name: str, s: pd.Series, n_rows: int) -> tuple[str, str]:
     """(kind, why) for a column without a columnTypes override; kind 'skip' leaves it out."""
-    nonnull = s.dropna()
-    n = len(nonnull)
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         return "datetime", ""
     if pd.api.types.is_bool_dtype(s.dtype):
         return "numeric", ""
     if _is_numeric(s):
-        if pd.api.types.is_integer_dtype(s.dtype) and n >= 20 and nonnull.is_unique:
-            diffs = np.diff(nonnull.to_numpy())
-            if _ID_NAME.match(name) or (len(diffs) and bool(np.all(diffs == 1))):
+        # Only integer columns can be identifiers; floats skip the (costly) uniqueness check.
+        if pd.api.types.is_integer_dtype(s.dtype) and len(s) >= 20:
+            values = s.dropna().to_numpy()
+            diffs = np.diff(values)
+            consecutive = len(diffs) > 0 and bool(np.all(diffs == 1))
+            if consecutive or (_ID_NAME.match(name) and s.is_unique):
                 return "skip", "identifier-like (unique integers)"
         return "numeric", ""
+    nonnull = s.dropna()
+    n = len(nonnull)
     if not _is_string(s):
         return "skip", f"unsupported dtype {s.dtype}"
     if n and isinstance(nonnull.iloc[0], dict | list):
@@ -238,7 +241,7 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
                 )
         if kind in ("categorical", "text") and _is_numeric(s) is False and not _is_string(s):
             converted[name] = s.astype(str).where(s.notna(), None)
-        if int(s.nunique(dropna=True)) <= 1 and n_missing == 0:
+        if n_missing == 0 and _is_constant(s):
             dropped[name] = "constant"
             warnings.append(f"column {name!r} is constant and was left out")
             continue
@@ -256,6 +259,13 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
     if dropped:
         warnings.append("left out: " + ", ".join(f"{k} ({v})" for k, v in list(dropped.items())[:20]))
     return Prepared(X=X, y=y, task=task, columns=used, dropped=dropped, warnings=warnings)
+
+
+def _is_constant(s: pd.Series) -> bool:
+    if _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):
+        values = s.to_numpy(dtype=float, na_value=np.nan)
+        return bool(np.nanmin(values) == np.nanmax(values))
+    return int(s.nunique(dropna=True)) <= 1
 
 
 def _check_target(y: pd.Series, task: str) -> pd.Series:
@@ -344,14 +354,17 @@ class TextTfidf(TransformerMixin, BaseEstimator):
         return np.asarray(self.vectorizer_.get_feature_names_out(), dtype=object)
 
 
-def build_preprocessor(columns: list[Column], scale: bool) -> ColumnTransformer:
+def build_preprocessor(columns: list[Column], scale: bool, native_missing: bool = False) -> ColumnTransformer:
     """One ColumnTransformer: impute (+ scale) numbers, one-hot categories, expand dates, TF-IDF text."""
     numeric = [c.name for c in columns if c.kind == "numeric"]
     categorical = [c.name for c in columns if c.kind == "categorical"]
     dates = [c.name for c in columns if c.kind == "datetime"]
     texts = [c.name for c in columns if c.kind == "text"]
     transformers: list[tuple[str, Any, Any]] = []
-    if numeric:
+    if numeric and native_missing and not scale:
+        # The estimator handles NaN itself (histogram GBMs): no imputation copy of the largest block.
+        transformers.append(("numeric", "passthrough", numeric))
+    elif numeric:
         steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
         if scale:
             steps.append(("scale", StandardScaler()))

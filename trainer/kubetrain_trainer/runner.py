@@ -208,14 +208,18 @@ def _precheck_params(spec: Any) -> None:
 def build_pipeline(cfg: RunConfig, prepared: Any, n_jobs: int) -> Any:
     from sklearn.pipeline import Pipeline
 
-    from .estimators import NEEDS_SCALING, build_estimator
+    from .estimators import NATIVE_MISSING, NEEDS_SCALING, build_estimator
     from .features import build_preprocessor
 
     spec = cfg.spec
     est = build_estimator(
         spec.estimator.name, prepared.task, dict(spec.estimator.params), spec.seed, n_jobs, spec.resources.gpus
     )
-    pre = build_preprocessor(prepared.columns, scale=spec.estimator.name in NEEDS_SCALING)
+    pre = build_preprocessor(
+        prepared.columns,
+        scale=spec.estimator.name in NEEDS_SCALING,
+        native_missing=spec.estimator.name in NATIVE_MISSING,
+    )
     return Pipeline([("preprocess", pre), ("model", est)])
 
 
@@ -312,7 +316,8 @@ def _train(
             f"{contract.ENV_JOB_COMPLETION_INDEX}={index} but spec.search.parallelism is {search.parallelism}"
         )
 
-    X_train, X_test, y_train, y_test = _split(cfg, prepared, state)
+    with _Timer(state, "split"):
+        X_train, X_test, y_train, y_test = _split(cfg, prepared, state)
     if validate_only:
         state.timings["total"] = time.perf_counter() - t0
         progress("done", 100)
