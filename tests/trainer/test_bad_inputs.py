@@ -354,3 +354,18 @@ def test_unexpected_error_is_internal_and_retryable(cli: Any, tmp_path: Path, mo
     assert run.code == contract.EXIT_INTERNAL_ERROR
     assert run.result["reason"] == "InternalError" and "disk on fire" in run.result["message"]
     assert "Traceback" in run.stderr
+
+
+def test_xgboost_absent_or_without_cuda_is_config_invalid(cli: Any, tmp_path: Path) -> None:
+    import importlib.util
+
+    data = tmp_path / "d"
+    data.mkdir()
+    spec = _spec(data, est="xgboost", resources={"gpus": 1})
+    run = cli("run", "--config", str(write_config(tmp_path / "r.yaml", spec)), "--output", str(tmp_path / "out"))
+    assert run.code == CONFIG
+    if importlib.util.find_spec("xgboost") is None:
+        assert "xgboost is not installed" in run.result["message"]
+    else:  # pragma: no cover - images with xgboost but no GPU
+        assert "CUDA" in run.result["message"]
+    assert not (tmp_path / "out").exists()

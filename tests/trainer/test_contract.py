@@ -64,3 +64,13 @@ def test_small_result_is_untouched() -> None:
     res = contract.Result(outcome="Succeeded", reason="Trained", metrics={"accuracy": 0.97})
     assert contract.Result.from_json(res.to_json()) == res
     assert contract.parse_result("not json") is None
+
+
+def test_operator_commands_parse() -> None:
+    from kubetrain_trainer.__main__ import build_parser
+
+    for command in (contract.RUN_COMMAND, contract.VERIFY_COMMAND):
+        assert command[:3] == ("python", "-m", "kubetrain_trainer")
+        args = build_parser().parse_args(list(command[3:]))
+        assert args.command == command[3]
+        assert getattr(args, "config", None) is None  # everything else comes from the environment

@@ -31,6 +31,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+# ---- invocation ---------------------------------------------------------------------------------------
+
+#: The trainer Job's container command (config from KUBETRAIN_CONFIG, no arguments).
+RUN_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "run")
+#: The verification Job's command for hand-registered ModelVersions (KUBETRAIN_VERIFY_URI/_SHA256).
+VERIFY_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "verify")
+
 # ---- exit codes ------------------------------------------------------------------------------------
 
 EXIT_OK: Final = 0
