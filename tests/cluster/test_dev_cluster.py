@@ -206,7 +206,7 @@ def test_env_field_refs_and_volume_path_rewriting(cluster: Cluster, namespace: s
     )
     script = (
         "import json, os, sys\n"
-        "open('/models/out/model.txt', 'w').write('m')\n"
+        "open(sys.argv[1], 'w').write('m')  # literal paths inside the script are NOT rewritten\n"
         "open(os.path.join(os.environ['SCRATCH'], 'x'), 'w').write('x')\n"
         "keys = ['POD_NAME', 'POD_NS', 'NODE', 'MEM_MI', 'CPU', 'TEAM', 'SCRATCH', 'TMPDIR', 'GREETING']\n"
         "json.dump({k: os.environ.get(k) for k in keys} | {'cwd': os.getcwd(), 'arg': sys.argv[1]},\n"
