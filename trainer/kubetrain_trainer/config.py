@@ -60,7 +60,7 @@ def parse_config(doc: dict[str, Any], name: str | None = None) -> RunConfig:
         spec = TrainingRunSpec.model_validate(raw_spec)
     except ValidationError as exc:
         raise ConfigInvalid(format_validation_error(exc)) from None
-    run_name = name or metadata.get("name") or spec.model
+    run_name = name or os.environ.get(contract.ENV_RUN_NAME) or metadata.get("name") or spec.model
     if not isinstance(run_name, str) or not _NAME_RE.match(run_name) or len(run_name) > 63:
         raise ConfigInvalid(f"run name {run_name!r} must be a DNS label (lowercase letters, digits, '-')")
     return RunConfig(

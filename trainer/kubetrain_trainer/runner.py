@@ -64,7 +64,7 @@ def resolve_output(cfg: RunConfig, output_arg: str | None, scratch: Path) -> Out
 
     env_dir = os.environ.get(contract.ENV_OUTPUT_DIR)
     spec_uri = cfg.spec.output.uri if cfg.spec.output else None
-    base_uri = spec_uri or os.environ.get("KUBETRAIN_OUTPUT_URI")
+    base_uri = spec_uri or os.environ.get(contract.ENV_OUTPUT_URI) or None
     logical = f"{base_uri.rstrip('/')}/{cfg.name}/{contract.MODEL_FILE}" if base_uri else None
     if output_arg:
         run_dir = Path(output_arg).resolve() / cfg.name
@@ -72,14 +72,17 @@ def resolve_output(cfg: RunConfig, output_arg: str | None, scratch: Path) -> Out
     if env_dir:
         run_dir = Path(env_dir)
         return Outputs(run_dir, logical or (run_dir.resolve() / contract.MODEL_FILE).as_uri())
-    if spec_uri:
-        check_uri_path(spec_uri, "spec.output.uri")
-        local = local_path(spec_uri, "spec.output.uri")
+    if base_uri:
+        field = "spec.output.uri" if spec_uri else contract.ENV_OUTPUT_URI
+        check_uri_path(base_uri, field)
+        local = local_path(base_uri, field)
         if local is not None:
             run_dir = local / cfg.name
             return Outputs(run_dir, logical or (run_dir / contract.MODEL_FILE).as_uri())
+        if not base_uri.startswith("s3://"):
+            raise ConfigInvalid(f"{field} {base_uri!r}: artifacts can go to pvc://, file:// or s3://")
         return Outputs(
-            scratch / "upload" / cfg.name, logical or spec_uri, upload_to=f"{spec_uri.rstrip('/')}/{cfg.name}"
+            scratch / "upload" / cfg.name, logical or base_uri, upload_to=f"{base_uri.rstrip('/')}/{cfg.name}"
         )
     run_dir = Path.cwd() / "kubetrain-runs" / cfg.name
     return Outputs(run_dir, (run_dir / contract.MODEL_FILE).as_uri())
@@ -159,9 +162,12 @@ def load_and_prepare(cfg: RunConfig, state: RunState, progress: ProgressFn, scra
     progress("load", 5)
     with _Timer(state, "load"):
         path = resolve_dataset(spec.dataset.uri, scratch)
-        fmt = infer_format(
-            str(path) if os.environ.get(contract.ENV_DATASET_PATH) else spec.dataset.uri, spec.dataset.format
-        )
+        try:
+            fmt = infer_format(spec.dataset.uri, spec.dataset.format)
+        except ConfigInvalid:
+            if not os.environ.get(contract.ENV_DATASET_PATH):
+                raise
+            fmt = infer_format(str(path), None)  # the operator's resolved file may carry the extension
         df = read_table(path, fmt, spec.dataset.records_path)
     progress("validate", 20)
     with _Timer(state, "validate"):

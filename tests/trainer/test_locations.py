@@ -1,0 +1,79 @@
+"""Where data comes from and artifacts go: env overrides, URIs, remote filesystems, CPU limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubetrain_trainer import contract
+from kubetrain_trainer.errors import ConfigInvalid
+
+from .conftest import spec_for, write_config
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("2", 2), ("500m", 1), ("1500m", 1), ("1.5", 1), ("64", None), ("", None), ("lots", None)]
+)
+def test_cpu_limit_bounds_parallelism(monkeypatch: pytest.MonkeyPatch, raw: str, expected: int | None) -> None:
+    import os
+
+    from kubetrain_trainer.runner import cpu_limit
+
+    visible = len(os.sched_getaffinity(0))
+    monkeypatch.setenv(contract.ENV_CPU_LIMIT, raw)
+    assert cpu_limit() == (min(expected, visible) if expected is not None else visible)
+
+
+def test_run_name_and_output_uri_from_env(cli: Any, data_dir: Path, tmp_path: Path) -> None:
+    spec = spec_for((data_dir / "iris.csv").as_uri(), "species", "knn")
+    cfg = write_config(tmp_path / "r.yaml", spec, name="from-metadata")
+    base = tmp_path / "models"
+    env = {contract.ENV_RUN_NAME: "from-env", contract.ENV_OUTPUT_URI: base.as_uri()}
+    run = cli("run", "--config", str(cfg), env=env)
+    assert run.code == 0, run.result
+    assert (base / "from-env" / "model.joblib").is_file()
+    assert run.result["model"]["uri"] == f"{base.as_uri()}/from-env/model.joblib"
+
+
+def test_dataset_path_env_wins_and_format_comes_from_the_uri(cli: Any, data_dir: Path, tmp_path: Path) -> None:
+    mounted = tmp_path / "mounted-without-extension"
+    mounted.write_bytes((data_dir / "iris.parquet").read_bytes())
+    spec = spec_for("s3://bucket/iris.parquet", "species", "knn")
+    cfg = write_config(tmp_path / "r.yaml", spec, name="s3-data")
+    run = cli("validate", "--config", str(cfg), env={contract.ENV_DATASET_PATH: str(mounted)})
+    assert run.code == 0, run.result
+    assert run.result["dataset"]["format"] == "parquet"
+
+
+def test_remote_fetch_and_upload_through_fsspec(tmp_path: Path) -> None:
+    """s3:// goes through the same fsspec calls; the in-memory filesystem stands in for it here."""
+    import fsspec
+    from kubetrain_trainer.artifacts import upload_dir
+    from kubetrain_trainer.data import fetch_remote
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/data/iris.csv", b"a,b\n1,2\n")
+    local = fetch_remote("memory://bucket/data/iris.csv", tmp_path)
+    assert local.name == "iris.csv" and local.read_bytes() == b"a,b\n1,2\n"
+
+    art = tmp_path / "art"
+    art.mkdir()
+    for name in (contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE):
+        (art / name).write_text(name)
+    upload_dir(art, "memory://models/runs/r1")
+    assert fs.cat("/models/runs/r1/metadata.json") == b"metadata.json"
+
+    with pytest.raises(Exception, match="cannot read dataset"):
+        fetch_remote("memory://bucket/missing.csv", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["data.csv", "file://relative/x.csv", "file:///a/../b.csv", "pvc://claim/./x.csv", "ftp://h/x.csv", "pvc:///x"],
+)
+def test_uri_checks(uri: str) -> None:
+    from kubetrain_trainer.data import check_uri_path
+
+    with pytest.raises(ConfigInvalid):
+        check_uri_path(uri, "spec.dataset.uri")
