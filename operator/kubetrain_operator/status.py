@@ -241,6 +241,15 @@ def observe(
 
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
         return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
+    if any(pod_ever_started(p) for p in pods):
+        # Between a pod's end and the Job's verdict, or a retry waiting to start: still running.
+        return Outcome(
+            RUNNING,
+            REASON_POD_RUNNING,
+            "the trainer is running (retry or finishing)",
+            start_time=start_time,
+            attempts=attempts,
+        )
 
     reason, message = _pending_reason(pods)
     if not any(pod_ever_started(p) for p in pods):
