@@ -1057,10 +1057,20 @@ class PodWorker:
 
     def lifecycle(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        stale = list(self.dir.glob("pids/*.pgid"))
-        if stale:  # started by an earlier run of the agent: processes cannot be adopted
-            cleanup_stale_dir(self.dir)
         containers = self.spec["containers"]
+        policy = self.spec.get("restartPolicy", "Always")
+        if list(self.dir.glob("pids/*.pgid")):
+            # Started by an earlier run of the agent: its processes cannot be adopted, so they are killed.
+            # restartPolicy Never -> the pod fails; otherwise the containers restart (restartCount + 1).
+            cleanup_stale_dir(self.dir)
+            msg = "the local node agent restarted; it cannot adopt running processes"
+            if policy == "Never":
+                for c in containers:
+                    self.statuses[c["name"]] = self.container_status(c, self.terminated(c, None, 137, "Error", msg))
+                self.patch_status("Failed", "NodeAgentRestarted", msg)
+                return
+            for c in containers:
+                self.restarts[c["name"]] = self.restarts.get(c["name"], 0) + 1
         for c in containers:
             self.statuses[c["name"]] = self.container_status(c, {"waiting": {"reason": "ContainerCreating"}})
         self.prepare_volumes()
@@ -1068,7 +1078,6 @@ class PodWorker:
         if not self.wait_images():
             self.stop_processes()
             return
-        policy = self.spec.get("restartPolicy", "Always")
 
         # Init containers: one after the other, each must succeed.
         for c in self.spec.get("initContainers") or []:
