@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # One line per API request is noise at INFO (lightkube's HTTP client logs as httpx or httpx2).
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     settings = get_settings()  # read the environment once, before anything runs
     from . import handlers  # noqa: F401  (registers the kopf handlers)
 
