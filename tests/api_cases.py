@@ -103,6 +103,7 @@ INVALID: list[Case] = [
             }
         },
         "space",
+        server=False,
     ),
     Case("search-empty-space", {"spec.search": {"strategy": "random", "space": {}}}, "space"),
     Case(

@@ -115,9 +115,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             sub = structural(addl, defs)
             out["additionalProperties"] = sub
         elif not props and (addl is True or addl is None):
-            # A free-form map (estimator params, search space): values are checked by the models.
-            out["x-kubernetes-preserve-unknown-fields"] = True
-        if "propertyNames" in node:
+            # A free-form map (estimator params, search space): any JSON value, checked by the models.
+            out["additionalProperties"] = {"x-kubernetes-preserve-unknown-fields": True}
+        untyped_values = out.get("additionalProperties") == {"x-kubernetes-preserve-unknown-fields": True}
+        if "propertyNames" in node and not untyped_values:
+            # (CEL cannot type maps of untyped values; the models check those keys.)
             pn = node["propertyNames"]
             if "maxLength" in pn:
                 # Structural schemas cannot bound keys; CEL can.
@@ -297,18 +299,6 @@ def training_run_crd() -> dict[str, Any]:
     )
     _add_rules(
         spec,
-        ["search"],
-        [
-            {
-                "rule": "self.strategy != 'grid' || self.space.all(k, type(self.space[k]) == list)",
-                "message": "spec.search.space: grid search needs a list of values for every parameter",
-                "fieldPath": ".space",
-                "reason": "FieldValueInvalid",
-            }
-        ],
-    )
-    _add_rules(
-        spec,
         ["evaluation"],
         [
             {
@@ -417,8 +407,7 @@ def _crd(
                 "rule": f"self.metadata.name.size() <= {name_rule}",
                 "message": f"metadata.name must be at most {name_rule} characters (child Job and pod names "
                 "are derived from it)",
-                "fieldPath": ".metadata.name",
-                "reason": "FieldValueTooLong",
+                "reason": "FieldValueInvalid",
             }
         ]
     return {
