@@ -63,6 +63,7 @@ REASON_JOB_CONFLICT = "JobConflict"
 REASON_JOB_FAILED = "JobFailed"
 REASON_COMPLETED = "Completed"
 REASON_MODEL_VERSION_CREATED = "ModelVersionCreated"
+REASON_REGISTRATION_FAILED = "RegistrationFailed"
 #: Failures decided by the operator (not by the Job controller): the Job is deleted so nothing lingers.
 OPERATOR_DECIDED_FAILURES = (REASON_UNSCHEDULABLE, REASON_IMAGE_PULL_FAILED, REASON_STARTUP_DEADLINE_EXCEEDED)
 
@@ -351,6 +352,7 @@ def build_status(
     job_name: str | None,
     progress: dict[str, Any] | None = None,
     model_version: str | None = None,
+    registration_error: str | None = None,
 ) -> dict[str, Any]:
     """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
     prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
@@ -412,15 +414,21 @@ def build_status(
     )
     summary = {SUCCEEDED: "True", FAILED: "False"}.get(outcome.phase, "Unknown")
     conds.append(_condition(prev_conds, COND_SUCCEEDED, summary, outcome.reason, outcome.message, generation, now))
-    mv = st.get("modelVersion")
-    if mv:
-        conds.append(
-            _condition(
-                prev_conds, COND_REGISTERED, "True", REASON_MODEL_VERSION_CREATED, f"ModelVersion {mv}", generation, now
-            )
-        )
+    conds.extend(registered_condition(prev_conds, st.get("modelVersion"), registration_error, generation, now))
     st["conditions"] = conds
     return st
+
+
+def registered_condition(
+    prev: list[dict[str, Any]], model_version: str | None, error: str | None, gen: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """The Registered condition: True once a ModelVersion is recorded, False while registration fails."""
+    if model_version:
+        msg = f"ModelVersion {model_version}"
+        return [_condition(prev, COND_REGISTERED, "True", REASON_MODEL_VERSION_CREATED, msg, gen, now)]
+    if error:
+        return [_condition(prev, COND_REGISTERED, "False", REASON_REGISTRATION_FAILED, error, gen, now)]
+    return []
 
 
 def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:

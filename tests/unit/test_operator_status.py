@@ -293,3 +293,10 @@ def test_built_status_fits_the_typed_api() -> None:
     for _, given, _ in CASES:
         run = make_run(**given.get("spec", {}))
         TrainingRunStatus.model_validate(build(run, given, model_version="iris-v1"))
+
+
+def test_registration_failure_is_visible_but_the_run_succeeded() -> None:
+    s = build(make_run(), dict(CASES[4][1]), registration_error="creating the ModelVersion failed: boom")
+    conds = {c["type"]: c for c in s["conditions"]}
+    assert s["phase"] == "Succeeded" and conds["Succeeded"]["status"] == "True"
+    assert conds["Registered"]["status"] == "False" and conds["Registered"]["reason"] == "RegistrationFailed"

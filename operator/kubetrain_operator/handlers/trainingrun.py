@@ -29,6 +29,9 @@ log = logging.getLogger("kubetrain.trainingrun")
 
 #: Exit code of the test hook KUBETRAIN_TEST_EXIT_AFTER_JOB_CREATE.
 TEST_EXIT_CODE = 17
+#: Unexpected errors are retried with exponential backoff (2, 4, 8, ... s) up to this delay.
+MAX_ERROR_DELAY = 300.0
+REGISTRATION_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -37,6 +40,7 @@ class _RunState:
     pending: bool = False
     requeue: asyncio.TimerHandle | None = None
     last_progress_read: float = 0.0
+    failures: int = 0
 
 
 _runs: dict[tuple[str, str], _RunState] = {}
@@ -116,8 +120,13 @@ async def trigger(namespace: str, name: str) -> None:
             log.warning("%s/%s: %s", namespace, name, exc)
             return
         except Exception:
-            log.exception("%s/%s: reconcile failed; retrying in 5s", namespace, name)
-            delay = 5.0
+            state.failures += 1
+            delay = min(MAX_ERROR_DELAY, 2.0 ** min(state.failures, 10))
+            log.exception(
+                "%s/%s: reconcile failed (%d in a row); retrying in %.0fs", namespace, name, state.failures, delay
+            )
+        else:
+            state.failures = 0
     if delay is not None:
         _requeue(namespace, name, state, delay)
 
@@ -198,8 +207,7 @@ async def reconcile(namespace: str, name: str, state: _RunState, settings: Setti
 
     if current.get("phase") in status.TERMINAL_PHASES:
         metrics.observe_phase(namespace, name, current["phase"])
-        await _finish_terminal(body, current, settings)
-        return None
+        return await _finish_terminal(body, current, settings)
 
     try:
         run = _parse(body, settings)
@@ -231,15 +239,14 @@ async def reconcile(namespace: str, name: str, state: _RunState, settings: Setti
         )
     progress = await _progress(namespace, pods, state, settings) if outcome.phase == status.RUNNING else None
 
-    model_version = None
+    model_version, registration_error = None, None
     if (
         outcome.phase == status.SUCCEEDED
         and run.spec.registration.enabled
         and outcome.result is not None
         and (outcome.result.model or {}).get("sha256")
     ):
-        image = run.spec.image or settings.trainer_image
-        model_version = await registration.register(run, uid, outcome.result, image)
+        model_version, registration_error = await _register(body, run, uid, outcome.result, settings)
 
     desired = status.build_status(
         run,
@@ -250,6 +257,7 @@ async def reconcile(namespace: str, name: str, state: _RunState, settings: Setti
         job_name=jname if job is not None or current.get("jobName") else None,
         progress=progress,
         model_version=model_version,
+        registration_error=registration_error,
     )
     await _write_status(body, current, desired)
     metrics.observe_phase(namespace, name, outcome.phase)
@@ -257,6 +265,8 @@ async def reconcile(namespace: str, name: str, state: _RunState, settings: Setti
     if outcome.delete_job and job is not None:
         # The operator decided the run failed (start-up deadline): nothing may linger.
         await kube.delete_job(namespace, jname)
+    if registration_error:
+        return REGISTRATION_RETRY_SECONDS
     if outcome.recheck_after is not None:
         return outcome.recheck_after
     if outcome.phase == status.RUNNING and settings.progress_interval > 0:
@@ -334,12 +344,67 @@ async def _progress(
     return None
 
 
-async def _finish_terminal(body: dict[str, Any], current: dict[str, Any], settings: Settings) -> None:
-    """A finished run: only a loose end — the Job of a run the operator failed (start-up deadline) when the
-    operator died between writing the status and deleting the Job."""
-    namespace = body["metadata"]["namespace"]
+async def _register(
+    body: dict[str, Any], run: TrainingRun, uid: str, result: contract.Result, settings: Settings
+) -> tuple[str | None, str | None]:
+    """(ModelVersion name, None) or (None, error message); a failure never hides the trained model."""
+    try:
+        return await registration.register(run, uid, result, run.spec.image or settings.trainer_image), None
+    except Exception as exc:
+        log.exception("%s/%s: registering the model failed", run.metadata["namespace"], run.metadata["name"])
+        message = f"creating the ModelVersion failed: {type(exc).__name__}: {exc}"[:1000]
+        _post_event(body, type="Warning", reason=status.REASON_REGISTRATION_FAILED, message=message)
+        return None, message
+
+
+async def _finish_terminal(body: dict[str, Any], current: dict[str, Any], settings: Settings) -> float | None:
+    """A finished run: only loose ends — the Job of a run the operator failed (start-up deadline) when the
+    operator died between writing the status and deleting the Job; a registration that failed before."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
     failure = current.get("failure") or {}
     if current.get("phase") == status.FAILED and failure.get("reason") in status.OPERATOR_DECIDED_FAILURES:
         jname = current.get("jobName")
         if jname and await kube.get_job(namespace, jname) is not None:
             await kube.delete_job(namespace, jname)
+        return None
+    needs_registration = (
+        current.get("phase") == status.SUCCEEDED
+        and not current.get("modelVersion")
+        and (current.get("model") or {}).get("sha256")
+    )
+    if not needs_registration:
+        return None
+    try:
+        run = _parse(body, settings)
+    except (ValidationError, ValueError):
+        return None
+    if not run.spec.registration.enabled:
+        return None
+    result = await _result_of(run, current)
+    model_version, error = await _register(body, run, meta["uid"], result, settings)
+    gen = int(meta.get("generation") or 1)
+    conds = [c for c in current.get("conditions") or [] if c.get("type") != status.COND_REGISTERED]
+    conds += status.registered_condition(current.get("conditions") or [], model_version, error, gen, _now())
+    desired = {**current, "conditions": conds}
+    if model_version:
+        desired["modelVersion"] = model_version
+    await _write_status(body, current, desired)
+    return REGISTRATION_RETRY_SECONDS if error else None
+
+
+async def _result_of(run: TrainingRun, current: dict[str, Any]) -> contract.Result:
+    """The trainer's result from the Job's pods, or (the Job is gone) what the status recorded."""
+    namespace, jname = run.metadata["namespace"], current.get("jobName")
+    job = await kube.get_job(namespace, jname) if jname else None
+    if job is not None and jname:
+        outcome = status.observe(run, job, await kube.list_job_pods(namespace, jname), _now())
+        if outcome.result is not None and outcome.result.model:
+            return outcome.result
+    return contract.Result(
+        outcome=contract.OUTCOME_SUCCEEDED,
+        reason=contract.REASON_TRAINED,
+        task=current.get("task"),
+        metrics=current.get("metrics"),
+        model=current.get("model"),
+    )
