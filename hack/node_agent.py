@@ -301,7 +301,7 @@ class Agent:
             ("PIDPressure", "False", "KubeletHasSufficientPID"),
             ("Ready", "True", "KubeletReady"),
         ]
-        status = {
+        status: Obj = {
             "capacity": node.resources(),
             "allocatable": node.resources(),
             "conditions": [
@@ -357,7 +357,7 @@ class Agent:
         except ApiError as e:
             if e.status.code != 404:
                 raise
-            uid = self.client.get(Node, node.name).metadata.uid
+            uid = self.client.get(Node, node.name).to_dict()["metadata"]["uid"]
             lease = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
@@ -488,7 +488,8 @@ class Agent:
     def startup_cleanup(self) -> None:
         existing: set[str] = set()
         for node in self.nodes:
-            existing |= {p.metadata.uid for p in self.client.list(Pod, namespace="*", fields={"spec.nodeName": node})}
+            pods = self.client.list(Pod, namespace="*", fields={"spec.nodeName": node})
+            existing |= {p.to_dict()["metadata"]["uid"] for p in pods}
         self.cleanup_orphan_dirs(existing)
 
     # -- storage: a tiny provisioner so PVCs bind (data lives in <run-dir>/pvc/<ns>/<claim>/) -----------
@@ -519,7 +520,10 @@ class Agent:
                 log.warning("storage reconcile failed: %s", e)
 
     def provision(self, client: Client) -> None:
-        pvs = {pv.metadata.name: pv.to_dict() for pv in client.list(PersistentVolume)}
+        pvs: dict[str, Obj] = {}
+        for item in client.list(PersistentVolume):
+            pv_dict = item.to_dict()
+            pvs[pv_dict["metadata"]["name"]] = pv_dict
         for pvc in client.list(PersistentVolumeClaim, namespace="*"):
             claim = pvc.to_dict()
             meta, spec = claim["metadata"], claim.get("spec") or {}
@@ -533,7 +537,7 @@ class Agent:
             path = self.run_dir / "pvc" / meta["namespace"] / meta["name"]
             path.mkdir(parents=True, exist_ok=True)
             size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
-            pv = {
+            pv: Obj = {
                 "apiVersion": "v1",
                 "kind": "PersistentVolume",
                 "metadata": {
@@ -558,7 +562,7 @@ class Agent:
             }
             client.create(codecs.from_dict(pv))
             log.info("provisioned %s for claim %s/%s at %s", name, meta["namespace"], meta["name"], path)
-        for name, pv in pvs.items():
+        for pv_name, pv in pvs.items():
             ann = pv["metadata"].get("annotations") or {}
             if ann.get("pv.kubernetes.io/provisioned-by") != PROVISIONER:
                 continue
@@ -566,10 +570,10 @@ class Agent:
                 "deletionTimestamp"
             ):
                 with contextlib.suppress(ApiError):
-                    client.delete(PersistentVolume, name)
+                    client.delete(PersistentVolume, pv_name)
                 ref = pv["spec"].get("claimRef") or {}
                 shutil.rmtree(self.run_dir / "pvc" / ref.get("namespace", "?") / ref.get("name", "?"), True)
-                log.info("deleted released volume %s", name)
+                log.info("deleted released volume %s", pv_name)
 
     def find_log(self, namespace: str, pod: str, container: str) -> tuple[Path | None, PodWorker | None]:
         with self.lock:
@@ -591,8 +595,8 @@ class Agent:
         self.ensure_storage_class()
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self.storage_loop, name="storage", daemon=True).start()
-        for node in self.nodes:
-            threading.Thread(target=self.watch_loop, args=(node,), name=f"watch-{node}", daemon=True).start()
+        for node_name in self.nodes:
+            threading.Thread(target=self.watch_loop, args=(node_name,), name=f"watch-{node_name}", daemon=True).start()
         log.info("node agent running for nodes %s", ", ".join(self.nodes))
         self.stopping.wait()
 
@@ -1130,9 +1134,11 @@ class PodWorker:
                     continue
                 if name in exited or run is None:
                     continue
-                code = run.proc.poll()
+                polled = run.proc.poll()
                 reason = None
-                if code is None:
+                if polled is not None:
+                    code = polled
+                else:
                     limit = self.memory_limit(c)
                     if limit and rss_bytes(process_group_members(run.proc.pid)) > limit:
                         log.info("pod %s/%s: container %s over its memory limit", self.namespace, self.name, name)
