@@ -332,7 +332,7 @@ def _crd_files() -> list[Path]:
 
 @pytest.mark.skipif(not _crd_files(), reason="crds/ is empty (CRDs not written yet)")
 def test_crds_establish_and_validate(cluster: Cluster, namespace: str) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
     crds = [yaml.safe_load(f.read_text()) for f in _crd_files()]
     names = [c["metadata"]["name"] for c in crds if c and c.get("kind") == "CustomResourceDefinition"]
     assert {"trainingruns.kubetrain.io", "modelversions.kubetrain.io"} <= set(names)
