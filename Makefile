@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench clean
+.PHONY: help tools manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench clean
 
 help:
 	@echo "make demo      local control plane + operator + the iris example trained"
@@ -20,6 +20,19 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)
+
+# System tools the tests use: Prometheus and promtool (Debian's package), openssl for the dev cluster's PKI.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
+		echo "installing prometheus, openssl (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus openssl >/dev/null; }
+
+manifests:
+	hack/render-manifests
+
+manifests-check:
+	hack/render-manifests --check
 
 lint: venv
 	$(BIN)/ruff check .
@@ -41,7 +54,7 @@ test-unit: venv
 test-cluster: venv
 	$(BIN)/pytest -m cluster tests
 
-test: venv lint typecheck
+test: venv tools lint typecheck
 	$(BIN)/pytest tests
 
 cluster-up: venv

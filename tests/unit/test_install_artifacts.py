@@ -1,0 +1,107 @@
+"""Install artifacts without a cluster: the chart lints and renders, manifests/ matches the chart,
+the alert rules pass promtool's checks and unit tests, the dashboard is valid JSON using real metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bins() -> dict[str, str]:
+    out = subprocess.run([str(REPO / "hack" / "build-k8s")], capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    values = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
+    return {"helm": values["HELM_BIN"], "kubectl": str(Path(values["KUBE_BIN_DIR"]) / "kubectl")}
+
+
+@pytest.fixture(scope="module")
+def bins() -> dict[str, str]:
+    return _bins()
+
+
+def test_chart_lints(bins: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [bins["helm"], "lint", "--strict", "--kube-version", "1.37.2", str(REPO / "helm" / "kubetrain")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chart_renders_restricted_single_replica_operator(bins: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [bins["helm"], "template", "kt", str(REPO / "helm" / "kubetrain"), "--kube-version", "1.37.2",
+         "--set", "watchNamespaces={ml,research}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["args"] == ["--namespace=ml", "--namespace=research"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBETRAIN_PROTECTED_ALIASES"] == "production"
+
+
+def test_chart_settings_are_ones_the_operator_reads(bins: dict[str, str]) -> None:
+    """Every KUBETRAIN_* variable the chart sets is documented in the operator's settings module."""
+    text = (REPO / "helm" / "kubetrain" / "templates" / "deployment.yaml").read_text()
+    settings = (REPO / "operator" / "kubetrain_operator" / "settings.py").read_text()
+    for name in set(re.findall(r"KUBETRAIN_[A-Z_]+", text)):
+        assert name in settings, name
+
+
+def test_manifests_match_the_chart() -> None:
+    proc = subprocess.run([str(REPO / "hack" / "render-manifests"), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_kustomize_builds(bins: dict[str, str]) -> None:
+    out = subprocess.run(
+        [bins["kubectl"], "kustomize", str(REPO / "manifests")], capture_output=True, text=True, check=True
+    ).stdout
+    kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
+    assert kinds.count("CustomResourceDefinition") == 2 and "Deployment" in kinds and "Namespace" in kinds
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if not path:
+        pytest.fail("promtool is missing: `make tools` installs Debian's prometheus package")
+    return path
+
+
+def test_alert_rules_pass_promtool() -> None:
+    rules = REPO / "helm" / "kubetrain" / "files" / "prometheus-rules.yaml"
+    check = subprocess.run([_promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(
+        [_promtool(), "test", "rules", str(REPO / "tests" / "monitoring" / "alerts_test.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_dashboard_and_rules_use_metrics_the_operator_exports() -> None:
+    exported = set(re.findall(r'"(kubetrain_[a-z_]+)"', (REPO / "operator/kubetrain_operator/metrics.py").read_text()))
+    dashboard = json.loads((REPO / "helm/kubetrain/files/dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for g in yaml.safe_load((REPO / "helm/kubetrain/files/prometheus-rules.yaml").read_text())[
+        "groups"] for r in g["rules"]]  # fmt: skip
+    used = {m for e in exprs for m in re.findall(r"\b(kubetrain_[a-z_]+?)(?:_bucket|_count|_sum)?\b", e)}
+    used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in used}
+    assert used, exprs
+    assert used <= exported, used - exported
