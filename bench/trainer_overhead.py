@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def main() -> int:
         )
         results["load_rows_per_s"] = load_rates(csv_path, pq_path, args.rows)
         for label, rate in results["load_rows_per_s"].items():
-            print(f"load {label:16s} {rate:12,.0f} rows/s")
+            print(f"load {label:16s} {rate:12,.0f} rows/s", flush=True)
         bare_path = tmp / "bare.py"
         bare_path.write_text(BARE)
         trainer_params = {k: v for k, v in params.items() if k != "random_state"}
@@ -173,16 +174,29 @@ def main() -> int:
             ]
             bare_cmd = [sys.executable, str(bare_path), str(data), module, cls, "1" if scale else "0", repr(params)]
             best: dict[str, dict[str, Any]] = {}
-            for _ in range(args.repeat):
-                for name, cmd in (("bare", bare_cmd), ("trainer", trainer_cmd)):
+            pairs: list[dict[str, float]] = []
+            for rep in range(args.repeat):
+                # Alternate which side goes first so a neighbour's load spike does not favour one side.
+                order = [("bare", bare_cmd), ("trainer", trainer_cmd)]
+                pair: dict[str, dict[str, Any]] = {}
+                for name, cmd in order if rep % 2 == 0 else order[::-1]:
                     r = measure(cmd, env)
+                    pair[name] = r
                     print(
                         f"{fmt:8s} {name:8s} wall {r['wall_s']:7.2f}s  peak {r['peak_rss_mb']:8.1f} MB  "
-                        f"cpu {r['cpu_s']:7.1f}s"
+                        f"cpu {r['cpu_s']:7.1f}s",
+                        flush=True,
                     )
                     prev = best.get(name)
                     if prev is None or r["wall_s"] < prev["wall_s"]:
                         best[name] = {**r, "peak_rss_mb": min(r["peak_rss_mb"], (prev or r)["peak_rss_mb"])}
+                pairs.append(
+                    {
+                        "time": pair["trainer"]["wall_s"] / pair["bare"]["wall_s"],
+                        "cpu": pair["trainer"]["cpu_s"] / pair["bare"]["cpu_s"],
+                        "memory": pair["trainer"]["peak_rss_mb"] / pair["bare"]["peak_rss_mb"],
+                    }
+                )
             trainer_result = json.loads(best["trainer"]["stdout_tail"][0])
             run = {
                 "bare": {k: best["bare"][k] for k in ("wall_s", "peak_rss_mb", "cpu_s")},
@@ -190,14 +204,19 @@ def main() -> int:
                 "bare_accuracy": float(best["bare"]["stdout_tail"][0].split()[-1]),
                 "trainer_accuracy": trainer_result["metrics"]["accuracy"],
                 "trainer_timings": trainer_result.get("timings"),
+                "pairs": pairs,
             }
-            run["time_ratio"] = run["trainer"]["wall_s"] / run["bare"]["wall_s"]
+            run["time_ratio"] = run["trainer"]["wall_s"] / run["bare"]["wall_s"]  # best vs best
             run["memory_ratio"] = run["trainer"]["peak_rss_mb"] / run["bare"]["peak_rss_mb"]
+            run["median_pair_time_ratio"] = statistics.median(p["time"] for p in pairs)
+            run["median_pair_cpu_ratio"] = statistics.median(p["cpu"] for p in pairs)
             run["meets_goal"] = run["time_ratio"] <= TIME_GOAL and run["memory_ratio"] <= MEMORY_GOAL
             results["runs"][fmt] = run
             print(
-                f"{fmt:8s} ratio    time {run['time_ratio']:.2f}x (goal {TIME_GOAL}x)  "
-                f"memory {run['memory_ratio']:.2f}x (goal {MEMORY_GOAL}x)  -> {'OK' if run['meets_goal'] else 'MISS'}"
+                f"{fmt:8s} ratio    time {run['time_ratio']:.2f}x best-of (median pair "
+                f"{run['median_pair_time_ratio']:.2f}x, cpu {run['median_pair_cpu_ratio']:.2f}x; goal {TIME_GOAL}x)  "
+                f"memory {run['memory_ratio']:.2f}x (goal {MEMORY_GOAL}x)  -> {'OK' if run['meets_goal'] else 'MISS'}",
+                flush=True,
             )
     write_reports(results, args)
     return 0 if all(r["meets_goal"] for r in results["runs"].values()) else 1
@@ -217,13 +236,17 @@ def write_reports(results: dict[str, Any], args: argparse.Namespace) -> None:
         "estimator and score the hold-out set; the trainer also validates, fingerprints the data, computes "
         "all classification metrics and writes model.joblib + metadata.json + sha256 atomically.",
         "",
-        "| format | bare wall (s) | trainer wall (s) | time ratio | bare peak RSS (MB) | trainer peak RSS (MB) "
-        "| memory ratio | goal met |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"Best of {args.repeat} run(s) per side, alternating which side goes first; the median of the "
+        "per-pair ratios and the CPU-seconds ratio are shown too, because the CPU is shared and wall times swing.",
+        "",
+        "| format | bare wall (s) | trainer wall (s) | time ratio (best) | median pair time | median pair CPU "
+        "| bare peak RSS (MB) | trainer peak RSS (MB) | memory ratio | goal met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for fmt, r in results["runs"].items():
         lines.append(
             f"| {fmt} | {r['bare']['wall_s']:.2f} | {r['trainer']['wall_s']:.2f} | {r['time_ratio']:.2f}x "
+            f"| {r['median_pair_time_ratio']:.2f}x | {r['median_pair_cpu_ratio']:.2f}x "
             f"| {r['bare']['peak_rss_mb']:.0f} | {r['trainer']['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f}x "
             f"| {'yes' if r['meets_goal'] else 'no'} |"
         )
