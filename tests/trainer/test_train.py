@@ -355,3 +355,17 @@ def test_validate_checks_without_training(cli: Any, data_dir: Path, tmp_path: Pa
     spec["dataset"]["target"] = "nope"
     bad = cli("validate", "--config", str(write_config(tmp_path / "r.yaml", spec)))
     assert bad.code == contract.EXIT_DATA_INVALID and "nope" in bad.result["message"]
+
+
+def test_json_records_with_mixed_value_types_train(cli: Any, tmp_path: Path) -> None:
+    rows = [
+        {"code": (i % 3) if i % 2 else str(i % 3), "x": float(i % 7), "nested": {"depth": i % 5}, "y": i % 2}
+        for i in range(80)
+    ]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = spec_for((tmp_path / "mixed.jsonl").as_uri(), "y", "random_forest", {"n_estimators": 5})
+    spec["dataset"]["columnTypes"] = {"code": "categorical"}
+    run = cli("run", "--config", str(write_config(tmp_path / "r.yaml", spec)), "--output", str(tmp_path / "out"))
+    assert run.code == 0, run.result
+    meta = json.loads((tmp_path / "out" / "test-run" / "metadata.json").read_text())
+    assert {f["name"] for f in meta["signature"]["features"]} == {"code", "x", "nested.depth"}

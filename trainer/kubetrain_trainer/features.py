@@ -239,7 +239,10 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
                     f"column {name!r} is declared datetime but {int(bad_mask.sum())} value(s) do not parse, "
                     f"e.g. {s[bad_mask].iloc[0]!r}"
                 )
-        if kind in ("categorical", "text") and _is_numeric(s) is False and not _is_string(s):
+        if kind in ("categorical", "text") and (
+            (not _is_numeric(s) and not _is_string(s)) or (pd.api.types.is_object_dtype(s.dtype) and _mixed_types(s))
+        ):
+            # One-hot encoders need one value type per column (JSON exports mix 1 and "1").
             converted[name] = s.astype(str).where(s.notna(), None)
         if n_missing == 0 and _is_constant(s):
             dropped[name] = "constant"
@@ -259,6 +262,10 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
     if dropped:
         warnings.append("left out: " + ", ".join(f"{k} ({v})" for k, v in list(dropped.items())[:20]))
     return Prepared(X=X, y=y, task=task, columns=used, dropped=dropped, warnings=warnings)
+
+
+def _mixed_types(s: pd.Series) -> bool:
+    return len({type(v) for v in s.dropna().head(10_000)}) > 1
 
 
 def _is_constant(s: pd.Series) -> bool:
