@@ -213,7 +213,9 @@ def test_operator_sigkilled_mid_run_resumes(workspace: Workspace, operator_facto
 
 def test_job_deleted_by_hand_fails_the_run(workspace: Workspace, operator: Operator) -> None:
     ws = workspace
-    ws.apply(iris_run("orphaned"))
+    # An image that never pulls keeps the run in progress for as long as the test needs (no race with
+    # a fast trainer); the start-up deadline is far away.
+    ws.apply(iris_run("orphaned", image="registry.invalid/kubetrain/trainer:0.0.0", startupDeadlineSeconds=600))
     ws.wait_phase("orphaned", ("Pending", "Running"), timeout=30)
     job = ws.run("orphaned")["status"]["jobName"]
     ws.kubectl("delete", "job", job, "--wait=false")
