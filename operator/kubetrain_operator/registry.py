@@ -42,7 +42,7 @@ MODEL_VERSION_LABEL = "kubetrain.io/model-version"
 COMPONENT_LABEL = "kubetrain.io/component"
 COMPONENT_VERIFY = "verify"
 COMPONENT_CLEANUP = "cleanup"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kubetrain-operator"}
+MANAGED_BY = {"app.kubernetes.io/name": "kubetrain", "app.kubernetes.io/managed-by": "kubetrain"}
 
 PHASE_PENDING = "Pending"
 PHASE_VERIFYING = "Verifying"
@@ -437,6 +437,8 @@ def _restricted_pod(
     name = mv["metadata"]["name"]
     labels = {
         **MANAGED_BY,
+        # Not "trainer": the TrainingRun controller's server-side Job/pod selector must not match these.
+        "app.kubernetes.io/component": f"model-{component}",
         COMPONENT_LABEL: component,
         MODEL_LABEL: mv["spec"]["model"],
         MODEL_VERSION_LABEL: name,

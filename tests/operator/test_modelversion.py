@@ -1,0 +1,349 @@
+"""ModelVersion controller against the real local control plane with the operator as a subprocess.
+
+Covers: versions from runs (trusted lineage), alias promotion and history, hand-registered verification
+(checksum mismatch and success), protected-alias refusal, retention, concurrent registration with an
+operator kill, and deletionPolicy Delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, Cluster
+from tests.operator.crds import install_crds
+
+pytestmark = pytest.mark.cluster
+
+MODEL_CLAIM = "kubetrain-models"
+DATA_CLAIM = "kubetrain-data"
+
+
+# ---- fixtures -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: Cluster) -> Cluster:
+    install_crds(cluster.kubectl)
+    return cluster
+
+
+class Operator:
+    """The operator as a subprocess watching one namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: Path, env: dict[str, str]) -> None:
+        self.cluster, self.namespace, self.log, self.extra = cluster, namespace, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **self.cluster.env,
+            "KUBETRAIN_METRICS_PORT": "0",
+            "KUBETRAIN_HEALTH_PORT": "0",
+            "KUBETRAIN_PROGRESS_INTERVAL": "0",
+            **self.extra,
+        }
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetrain_operator", "-n", self.namespace, "-v"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
+
+
+@pytest.fixture
+def operator(crds: Cluster, namespace: str, tmp_path: Path) -> Iterator[Callable[..., Operator]]:
+    started: list[Operator] = []
+
+    def start(**env: str) -> Operator:
+        op = Operator(crds, namespace, tmp_path / "operator.log", env)
+        op.start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+    if started:
+        print("---- operator log (tail) ----\n" + started[-1].tail(80))
+
+
+@pytest.fixture
+def claims(crds: Cluster, namespace: str) -> dict[str, Path]:
+    """The data and model claims, bound by the node agent's provisioner, as local folders."""
+    assert crds.run_dir is not None, "needs the local dev cluster (PVCs map to local folders)"
+    for claim in (DATA_CLAIM, MODEL_CLAIM):
+        crds.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            },
+            namespace,
+        )
+    folders = {c: crds.run_dir / "pvc" / namespace / c for c in (DATA_CLAIM, MODEL_CLAIM)}
+    wait_for(lambda: all(p.is_dir() for p in folders.values()), 30, "claims provisioned")
+    shutil.copy(REPO / "examples" / "data" / "iris.csv", folders[DATA_CLAIM] / "iris.csv")
+    return folders
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def mv(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl("get", "mv", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def mv_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj = mv(cluster, namespace, name)
+    return (obj or {}).get("status") or {}
+
+
+def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        st = mv_status(cluster, namespace, name)
+        if st.get("phase") == phase:
+            return st
+        return None
+
+    return wait_for(check, timeout, f"{name} phase {phase}")  # type: ignore[no-any-return]
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def training_run(name: str, model: str = "iris") -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "task": "classification",
+            "dataset": {"uri": f"pvc://{DATA_CLAIM}/iris.csv", "target": "species"},
+            "estimator": {"name": "logistic_regression", "params": {"max_iter": 200}},
+            "output": {"uri": f"pvc://{MODEL_CLAIM}/runs"},
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+            "backoffLimit": 0,
+        },
+    }
+
+
+def patch_aliases(cluster: Cluster, namespace: str, name: str, aliases: list[str]) -> None:
+    cluster.kubectl(
+        "patch", "mv", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"aliases": aliases}})
+    )
+
+
+def local_artifact(folder: Path) -> tuple[Path, str]:
+    """Train a tiny iris model with the trainer CLI into ``folder``; returns (model file, sha256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run = training_run("hand")
+    config = folder.parent / f"{folder.name}-config.json"
+    config.write_text(json.dumps(run))
+    env = {
+        **os.environ,
+        "KUBETRAIN_DATASET_PATH": str(REPO / "examples" / "data" / "iris.csv"),
+        "KUBETRAIN_OUTPUT_DIR": str(folder),
+        "KUBETRAIN_TERMINATION_LOG": str(folder.parent / f"{folder.name}-result.json"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetrain_trainer", "run", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config.unlink()
+    model = folder / "model.joblib"
+    return model, hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def hand_mv(name: str, model: str, version: int, uri: str, sha: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {"name": name, "labels": {"kubetrain.io/model": model}},
+        "spec": {"model": model, "version": version, "artifact": {"uri": uri, "sha256": sha}, **spec},
+    }
+
+
+# ---- tests --------------------------------------------------------------------------------------------
+
+
+def test_run_versions_and_alias_promotion(
+    crds: Cluster, namespace: str, claims: dict[str, Path], operator: Callable[..., Operator]
+) -> None:
+    operator()
+    crds.apply(training_run("iris-a"), namespace)
+    wait_phase(crds, namespace, "iris-v1", "Ready", 120)
+    crds.apply(training_run("iris-b"), namespace)
+    st2 = wait_phase(crds, namespace, "iris-v2", "Ready", 120)
+    st1 = mv_status(crds, namespace, "iris-v1")
+
+    # trusted lineage, serving hint, printer columns and the model label
+    assert condition(st1, "ArtifactVerified")["reason"] == "VerifiedByTrainer"
+    assert st1["passedThresholds"] is True
+    assert st2["serving"]["storageUri"].startswith(f"pvc://{MODEL_CLAIM}/runs/iris-b")
+    assert st2["serving"]["modelFormat"]["name"] == "sklearn"
+    assert st2["primaryMetric"].startswith("accuracy=")
+    listed = crds.get_json("mv", "-n", namespace, "-l", "kubetrain.io/model=iris")["items"]
+    assert sorted(i["spec"]["version"] for i in listed) == [1, 2]
+
+    patch_aliases(crds, namespace, "iris-v1", ["production"])
+    wait_for(lambda: mv_status(crds, namespace, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
+    time.sleep(1.1)  # claims are ordered by the API server's write time (seconds), then by observation
+    patch_aliases(crds, namespace, "iris-v2", ["production"])
+    wait_for(lambda: mv_status(crds, namespace, "iris-v2").get("aliases") == ["production"], 30, "v2 production")
+    wait_for(lambda: mv_status(crds, namespace, "iris-v1").get("aliases") == [], 30, "v1 loses production")
+
+    v1 = mv(crds, namespace, "iris-v1")
+    assert v1 is not None and v1["spec"]["aliases"] == ["production"]  # spec untouched
+    h1 = [(e["alias"], e["action"]) for e in v1["status"]["aliasHistory"]]
+    assert h1 == [("production", "Assigned"), ("production", "Superseded")]
+    assert "iris-v2" in v1["status"]["aliasHistory"][-1]["message"]
+    sup = condition(v1["status"], "AliasSuperseded")
+    assert sup["status"] == "True" and "iris-v2" in sup["message"]
+    h2 = [(e["alias"], e["action"]) for e in mv_status(crds, namespace, "iris-v2")["aliasHistory"]]
+    assert h2 == [("production", "Assigned")]
+    wide = crds.kubectl("get", "mv", "-n", namespace).stdout
+    assert "production" in wide and "accuracy=" in wide
+
+
+def test_hand_registered_verification_protection_and_delete_policy(
+    crds: Cluster, namespace: str, claims: dict[str, Path], operator: Callable[..., Operator]
+) -> None:
+    models = claims[MODEL_CLAIM]
+    _, sha = local_artifact(models / "offline" / "a")
+    shutil.copytree(models / "offline" / "a", models / "offline" / "b")
+    shutil.copytree(models / "offline" / "a", models / "offline" / "c")
+    operator()
+    uri = f"pvc://{MODEL_CLAIM}/offline/%s/model.joblib"
+    crds.apply(hand_mv("flowers-v1", "flowers", 1, uri % "a", "0" * 64), namespace)
+    crds.apply(hand_mv("flowers-v2", "flowers", 2, uri % "b", sha, aliases=["production"]), namespace)
+    crds.apply(hand_mv("flowers-v3", "flowers", 3, uri % "c", sha, deletionPolicy="Delete"), namespace)
+    crds.apply(hand_mv("flowers-dup", "flowers", 2, uri % "b", sha), namespace)
+
+    bad = wait_phase(crds, namespace, "flowers-v1", "Failed")
+    verified = condition(bad, "ArtifactVerified")
+    assert verified["status"] == "False" and verified["reason"] == "ChecksumMismatch", bad
+    assert bad["verificationJob"].startswith("flowers-v1-verify-")
+
+    good = wait_phase(crds, namespace, "flowers-v2", "Ready")
+    assert condition(good, "ArtifactVerified") == condition(good, "ArtifactVerified") | {
+        "status": "True",
+        "reason": "Verified",
+    }
+    wait_for(lambda: mv_status(crds, namespace, "flowers-v2").get("aliases") == ["production"], 30, "v2 production")
+    dup = wait_phase(crds, namespace, "flowers-dup", "Failed")
+    assert condition(dup, "Ready")["reason"] == "VersionConflict"
+
+    # flowers-v3 missed its thresholds (as its run would report): production is refused, stays on v2
+    wait_phase(crds, namespace, "flowers-v3", "Ready")
+    crds.kubectl(
+        "patch", "mv", "flowers-v3", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"passedThresholds": False}}),
+    )  # fmt: skip
+    patch_aliases(crds, namespace, "flowers-v3", ["production"])
+    wait_for(
+        lambda: condition(mv_status(crds, namespace, "flowers-v3"), "AliasRefused").get("status") == "True",
+        30,
+        "AliasRefused on v3",
+    )
+    st3 = mv_status(crds, namespace, "flowers-v3")
+    assert st3["aliases"] == [] and st3["aliasHistory"][-1]["action"] == "Refused"
+    assert mv_status(crds, namespace, "flowers-v2")["aliases"] == ["production"]
+    events = crds.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=AliasRefused").stdout
+    assert "flowers-v3" in events
+
+    # deletionPolicy Delete: a cleanup Job removes the artifact directory, then the object goes
+    v3 = mv(crds, namespace, "flowers-v3")
+    assert v3 is not None and v3["metadata"].get("finalizers")
+    assert not mv(crds, namespace, "flowers-v2")["metadata"].get("finalizers")  # type: ignore[index]
+    crds.kubectl("delete", "mv", "flowers-v3", "-n", namespace, "--wait=false")
+    wait_for(lambda: mv(crds, namespace, "flowers-v3") is None, 60, "flowers-v3 deleted")
+    assert not (models / "offline" / "c").exists()
+    assert (models / "offline" / "b" / "model.joblib").exists()
+
+
+def test_concurrent_runs_retention_and_operator_kill(
+    crds: Cluster, namespace: str, claims: dict[str, Path], operator: Callable[..., Operator]
+) -> None:
+    op = operator(KUBETRAIN_MODEL_RETENTION="3")
+    crds.apply(training_run("first"), namespace)
+    wait_phase(crds, namespace, "iris-v1", "Ready", 120)
+    patch_aliases(crds, namespace, "iris-v1", ["production"])
+    wait_for(lambda: mv_status(crds, namespace, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
+
+    names = [f"burst-{i}" for i in range(5)]
+    for name in names:
+        crds.apply(training_run(name), namespace)
+
+    def registered() -> list[str]:
+        runs = crds.get_json("tr", "-n", namespace)["items"]
+        return [r["status"]["modelVersion"] for r in runs if (r.get("status") or {}).get("modelVersion")]
+
+    # kill the operator while the burst registers, then start it again
+    wait_for(lambda: len(registered()) >= 2, 180, "first registrations of the burst")
+    op.kill()
+    time.sleep(1)
+    operator(KUBETRAIN_MODEL_RETENTION="3")
+    done = wait_for(lambda: len(registered()) == 6 and registered(), 180, "all six runs registered")
+
+    versions = sorted(int(n.rsplit("-v", 1)[1]) for n in done)
+    assert versions == [1, 2, 3, 4, 5, 6], done  # no duplicate, no gap
+    run_uids = [i["metadata"]["labels"]["kubetrain.io/run-uid"] for i in crds.get_json("mv", "-n", namespace)["items"]]
+    assert len(run_uids) == len(set(run_uids))
+
+    # retention 3: v4..v6 plus the aliased v1 survive
+    def kept() -> list[str]:
+        items = crds.get_json("mv", "-n", namespace, "-l", "kubetrain.io/model=iris")["items"]
+        return sorted(i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp"))
+
+    wait_for(lambda: kept() == ["iris-v1", "iris-v4", "iris-v5", "iris-v6"], 60, "retention")
