@@ -11,111 +11,36 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, Cluster
-from tests.operator.crds import install_crds
+
+from .conftest import DATA_CLAIM, MODELS_CLAIM, Operator, Workspace
 
 pytestmark = pytest.mark.cluster
 
-MODEL_CLAIM = "kubetrain-models"
-DATA_CLAIM = "kubetrain-data"
+MODEL_CLAIM = MODELS_CLAIM
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crds(cluster: Cluster) -> Cluster:
-    install_crds(cluster.kubectl)
-    return cluster
-
-
-class Operator:
-    """The operator as a subprocess watching one namespace."""
-
-    def __init__(self, cluster: Cluster, namespace: str, log: Path, env: dict[str, str]) -> None:
-        self.cluster, self.namespace, self.log, self.extra = cluster, namespace, log, env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **self.cluster.env,
-            "KUBETRAIN_METRICS_PORT": "0",
-            "KUBETRAIN_HEALTH_PORT": "0",
-            "KUBETRAIN_PROGRESS_INTERVAL": "0",
-            **self.extra,
-        }
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetrain_operator", "-n", self.namespace, "-v"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
+@pytest.fixture
+def ns(workspace: Workspace) -> str:
+    return workspace.namespace
 
 
 @pytest.fixture
-def operator(crds: Cluster, namespace: str, tmp_path: Path) -> Iterator[Callable[..., Operator]]:
-    started: list[Operator] = []
-
-    def start(**env: str) -> Operator:
-        op = Operator(crds, namespace, tmp_path / "operator.log", env)
-        op.start()
-        started.append(op)
-        return op
-
-    yield start
-    for op in started:
-        op.stop()
-    if started:
-        print("---- operator log (tail) ----\n" + started[-1].tail(80))
-
-
-@pytest.fixture
-def claims(crds: Cluster, namespace: str) -> dict[str, Path]:
-    """The data and model claims, bound by the node agent's provisioner, as local folders."""
-    assert crds.run_dir is not None, "needs the local dev cluster (PVCs map to local folders)"
-    for claim in (DATA_CLAIM, MODEL_CLAIM):
-        crds.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            },
-            namespace,
-        )
-    folders = {c: crds.run_dir / "pvc" / namespace / c for c in (DATA_CLAIM, MODEL_CLAIM)}
-    wait_for(lambda: all(p.is_dir() for p in folders.values()), 30, "claims provisioned")
-    shutil.copy(REPO / "examples" / "data" / "iris.csv", folders[DATA_CLAIM] / "iris.csv")
-    return folders
+def models(workspace: Workspace) -> Path:
+    """The local folder of the models claim."""
+    return workspace.claim_dir(MODEL_CLAIM)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -132,24 +57,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def mv(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
-    proc = cluster.kubectl("get", "mv", name, "-n", namespace, "-o", "json", check=False)
+def mv(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl("get", "mv", name, "-n", ns, "-o", "json", check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
-def mv_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    obj = mv(cluster, namespace, name)
+def mv_status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    obj = mv(cluster, ns, name)
     return (obj or {}).get("status") or {}
 
 
-def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+def wait_phase(cluster: Cluster, ns: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        st = mv_status(cluster, namespace, name)
+        st = mv_status(cluster, ns, name)
         if st.get("phase") == phase:
             return st
         return None
 
-    return wait_for(check, timeout, f"{name} phase {phase}")  # type: ignore[no-any-return]
+    return wait_for(check, timeout, f"{name} phase {phase}")
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -173,10 +98,8 @@ def training_run(name: str, model: str = "iris") -> dict[str, Any]:
     }
 
 
-def patch_aliases(cluster: Cluster, namespace: str, name: str, aliases: list[str]) -> None:
-    cluster.kubectl(
-        "patch", "mv", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"aliases": aliases}})
-    )
+def patch_aliases(cluster: Cluster, ns: str, name: str, aliases: list[str]) -> None:
+    cluster.kubectl("patch", "mv", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"aliases": aliases}}))
 
 
 def local_artifact(folder: Path) -> tuple[Path, str]:
@@ -218,14 +141,14 @@ def hand_mv(name: str, model: str, version: int, uri: str, sha: str, **spec: Any
 
 
 def test_run_versions_and_alias_promotion(
-    crds: Cluster, namespace: str, claims: dict[str, Path], operator: Callable[..., Operator]
+    cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
 ) -> None:
-    operator()
-    crds.apply(training_run("iris-a"), namespace)
-    wait_phase(crds, namespace, "iris-v1", "Ready", 120)
-    crds.apply(training_run("iris-b"), namespace)
-    st2 = wait_phase(crds, namespace, "iris-v2", "Ready", 120)
-    st1 = mv_status(crds, namespace, "iris-v1")
+    operator_factory()
+    cluster.apply(training_run("iris-a"), ns)
+    wait_phase(cluster, ns, "iris-v1", "Ready", 120)
+    cluster.apply(training_run("iris-b"), ns)
+    st2 = wait_phase(cluster, ns, "iris-v2", "Ready", 120)
+    st1 = mv_status(cluster, ns, "iris-v1")
 
     # trusted lineage, serving hint, printer columns and the model label
     assert condition(st1, "ArtifactVerified")["reason"] == "VerifiedByTrainer"
@@ -233,117 +156,116 @@ def test_run_versions_and_alias_promotion(
     assert st2["serving"]["storageUri"].startswith(f"pvc://{MODEL_CLAIM}/runs/iris-b")
     assert st2["serving"]["modelFormat"]["name"] == "sklearn"
     assert st2["primaryMetric"].startswith("accuracy=")
-    listed = crds.get_json("mv", "-n", namespace, "-l", "kubetrain.io/model=iris")["items"]
+    listed = cluster.get_json("mv", "-n", ns, "-l", "kubetrain.io/model=iris")["items"]
     assert sorted(i["spec"]["version"] for i in listed) == [1, 2]
 
-    patch_aliases(crds, namespace, "iris-v1", ["production"])
-    wait_for(lambda: mv_status(crds, namespace, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
+    patch_aliases(cluster, ns, "iris-v1", ["production"])
+    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
     time.sleep(1.1)  # claims are ordered by the API server's write time (seconds), then by observation
-    patch_aliases(crds, namespace, "iris-v2", ["production"])
-    wait_for(lambda: mv_status(crds, namespace, "iris-v2").get("aliases") == ["production"], 30, "v2 production")
-    wait_for(lambda: mv_status(crds, namespace, "iris-v1").get("aliases") == [], 30, "v1 loses production")
+    patch_aliases(cluster, ns, "iris-v2", ["production"])
+    wait_for(lambda: mv_status(cluster, ns, "iris-v2").get("aliases") == ["production"], 30, "v2 production")
+    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == [], 30, "v1 loses production")
 
-    v1 = mv(crds, namespace, "iris-v1")
+    v1 = mv(cluster, ns, "iris-v1")
     assert v1 is not None and v1["spec"]["aliases"] == ["production"]  # spec untouched
     h1 = [(e["alias"], e["action"]) for e in v1["status"]["aliasHistory"]]
     assert h1 == [("production", "Assigned"), ("production", "Superseded")]
     assert "iris-v2" in v1["status"]["aliasHistory"][-1]["message"]
     sup = condition(v1["status"], "AliasSuperseded")
     assert sup["status"] == "True" and "iris-v2" in sup["message"]
-    h2 = [(e["alias"], e["action"]) for e in mv_status(crds, namespace, "iris-v2")["aliasHistory"]]
+    h2 = [(e["alias"], e["action"]) for e in mv_status(cluster, ns, "iris-v2")["aliasHistory"]]
     assert h2 == [("production", "Assigned")]
-    wide = crds.kubectl("get", "mv", "-n", namespace).stdout
+    wide = cluster.kubectl("get", "mv", "-n", ns).stdout
     assert "production" in wide and "accuracy=" in wide
 
 
 def test_hand_registered_verification_protection_and_delete_policy(
-    crds: Cluster, namespace: str, claims: dict[str, Path], operator: Callable[..., Operator]
+    cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
 ) -> None:
-    models = claims[MODEL_CLAIM]
     _, sha = local_artifact(models / "offline" / "a")
     shutil.copytree(models / "offline" / "a", models / "offline" / "b")
     shutil.copytree(models / "offline" / "a", models / "offline" / "c")
-    operator()
+    operator_factory()
     uri = f"pvc://{MODEL_CLAIM}/offline/%s/model.joblib"
-    crds.apply(hand_mv("flowers-v1", "flowers", 1, uri % "a", "0" * 64), namespace)
-    crds.apply(hand_mv("flowers-v2", "flowers", 2, uri % "b", sha, aliases=["production"]), namespace)
-    crds.apply(hand_mv("flowers-v3", "flowers", 3, uri % "c", sha, deletionPolicy="Delete"), namespace)
-    crds.apply(hand_mv("flowers-dup", "flowers", 2, uri % "b", sha), namespace)
+    cluster.apply(hand_mv("flowers-v1", "flowers", 1, uri % "a", "0" * 64), ns)
+    cluster.apply(hand_mv("flowers-v2", "flowers", 2, uri % "b", sha, aliases=["production"]), ns)
+    cluster.apply(hand_mv("flowers-v3", "flowers", 3, uri % "c", sha, deletionPolicy="Delete"), ns)
+    cluster.apply(hand_mv("flowers-dup", "flowers", 2, uri % "b", sha), ns)
 
-    bad = wait_phase(crds, namespace, "flowers-v1", "Failed")
+    bad = wait_phase(cluster, ns, "flowers-v1", "Failed")
     verified = condition(bad, "ArtifactVerified")
     assert verified["status"] == "False" and verified["reason"] == "ChecksumMismatch", bad
     assert bad["verificationJob"].startswith("flowers-v1-verify-")
 
-    good = wait_phase(crds, namespace, "flowers-v2", "Ready")
+    good = wait_phase(cluster, ns, "flowers-v2", "Ready")
     assert condition(good, "ArtifactVerified") == condition(good, "ArtifactVerified") | {
         "status": "True",
         "reason": "Verified",
     }
-    wait_for(lambda: mv_status(crds, namespace, "flowers-v2").get("aliases") == ["production"], 30, "v2 production")
-    dup = wait_phase(crds, namespace, "flowers-dup", "Failed")
+    wait_for(lambda: mv_status(cluster, ns, "flowers-v2").get("aliases") == ["production"], 30, "v2 production")
+    dup = wait_phase(cluster, ns, "flowers-dup", "Failed")
     assert condition(dup, "Ready")["reason"] == "VersionConflict"
 
     # flowers-v3 missed its thresholds (as its run would report): production is refused, stays on v2
-    wait_phase(crds, namespace, "flowers-v3", "Ready")
-    crds.kubectl(
-        "patch", "mv", "flowers-v3", "-n", namespace, "--subresource=status", "--type=merge",
+    wait_phase(cluster, ns, "flowers-v3", "Ready")
+    cluster.kubectl(
+        "patch", "mv", "flowers-v3", "-n", ns, "--subresource=status", "--type=merge",
         "-p", json.dumps({"status": {"passedThresholds": False}}),
     )  # fmt: skip
-    patch_aliases(crds, namespace, "flowers-v3", ["production"])
+    patch_aliases(cluster, ns, "flowers-v3", ["production"])
     wait_for(
-        lambda: condition(mv_status(crds, namespace, "flowers-v3"), "AliasRefused").get("status") == "True",
+        lambda: condition(mv_status(cluster, ns, "flowers-v3"), "AliasRefused").get("status") == "True",
         30,
         "AliasRefused on v3",
     )
-    st3 = mv_status(crds, namespace, "flowers-v3")
+    st3 = mv_status(cluster, ns, "flowers-v3")
     assert st3["aliases"] == [] and st3["aliasHistory"][-1]["action"] == "Refused"
-    assert mv_status(crds, namespace, "flowers-v2")["aliases"] == ["production"]
-    events = crds.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=AliasRefused").stdout
+    assert mv_status(cluster, ns, "flowers-v2")["aliases"] == ["production"]
+    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector", "reason=AliasRefused").stdout
     assert "flowers-v3" in events
 
     # deletionPolicy Delete: a cleanup Job removes the artifact directory, then the object goes
-    v3 = mv(crds, namespace, "flowers-v3")
+    v3 = mv(cluster, ns, "flowers-v3")
     assert v3 is not None and v3["metadata"].get("finalizers")
-    assert not mv(crds, namespace, "flowers-v2")["metadata"].get("finalizers")  # type: ignore[index]
-    crds.kubectl("delete", "mv", "flowers-v3", "-n", namespace, "--wait=false")
-    wait_for(lambda: mv(crds, namespace, "flowers-v3") is None, 60, "flowers-v3 deleted")
+    assert not mv(cluster, ns, "flowers-v2")["metadata"].get("finalizers")  # type: ignore[index]
+    cluster.kubectl("delete", "mv", "flowers-v3", "-n", ns, "--wait=false")
+    wait_for(lambda: mv(cluster, ns, "flowers-v3") is None, 60, "flowers-v3 deleted")
     assert not (models / "offline" / "c").exists()
     assert (models / "offline" / "b" / "model.joblib").exists()
 
 
 def test_concurrent_runs_retention_and_operator_kill(
-    crds: Cluster, namespace: str, claims: dict[str, Path], operator: Callable[..., Operator]
+    cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
 ) -> None:
-    op = operator(KUBETRAIN_MODEL_RETENTION="3")
-    crds.apply(training_run("first"), namespace)
-    wait_phase(crds, namespace, "iris-v1", "Ready", 120)
-    patch_aliases(crds, namespace, "iris-v1", ["production"])
-    wait_for(lambda: mv_status(crds, namespace, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
+    op = operator_factory(KUBETRAIN_MODEL_RETENTION="3")
+    cluster.apply(training_run("first"), ns)
+    wait_phase(cluster, ns, "iris-v1", "Ready", 120)
+    patch_aliases(cluster, ns, "iris-v1", ["production"])
+    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
 
     names = [f"burst-{i}" for i in range(5)]
     for name in names:
-        crds.apply(training_run(name), namespace)
+        cluster.apply(training_run(name), ns)
 
     def registered() -> list[str]:
-        runs = crds.get_json("tr", "-n", namespace)["items"]
+        runs = cluster.get_json("tr", "-n", ns)["items"]
         return [r["status"]["modelVersion"] for r in runs if (r.get("status") or {}).get("modelVersion")]
 
     # kill the operator while the burst registers, then start it again
     wait_for(lambda: len(registered()) >= 2, 180, "first registrations of the burst")
     op.kill()
     time.sleep(1)
-    operator(KUBETRAIN_MODEL_RETENTION="3")
+    op.start(KUBETRAIN_MODEL_RETENTION="3")
     done = wait_for(lambda: len(registered()) == 6 and registered(), 180, "all six runs registered")
 
     versions = sorted(int(n.rsplit("-v", 1)[1]) for n in done)
     assert versions == [1, 2, 3, 4, 5, 6], done  # no duplicate, no gap
-    run_uids = [i["metadata"]["labels"]["kubetrain.io/run-uid"] for i in crds.get_json("mv", "-n", namespace)["items"]]
+    run_uids = [i["metadata"]["labels"]["kubetrain.io/run-uid"] for i in cluster.get_json("mv", "-n", ns)["items"]]
     assert len(run_uids) == len(set(run_uids))
 
     # retention 3: v4..v6 plus the aliased v1 survive
     def kept() -> list[str]:
-        items = crds.get_json("mv", "-n", namespace, "-l", "kubetrain.io/model=iris")["items"]
+        items = cluster.get_json("mv", "-n", ns, "-l", "kubetrain.io/model=iris")["items"]
         return sorted(i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp"))
 
     wait_for(lambda: kept() == ["iris-v1", "iris-v4", "iris-v5", "iris-v6"], 60, "retention")
