@@ -323,12 +323,14 @@ def alias_status_patch(obj: Mapping[str, Any], outcome: AliasOutcome, now: str) 
         conditions = set_condition(conditions, COND_ALIAS_REFUSED, "False", REASON_NOT_REFUSED, "", generation, now)
     history = [*list(status.get("aliasHistory") or ()), *outcome.new_events][-HISTORY_LIMIT:]
     desired = {
+        "observedGeneration": generation,
         "aliases": outcome.aliases,
         "aliasClaims": [c.dump() for c in outcome.claims],
         "aliasHistory": history,
         "conditions": conditions,
     }
     current = {
+        "observedGeneration": status.get("observedGeneration"),
         "aliases": list(status.get("aliases") or []),
         "aliasClaims": list(status.get("aliasClaims") or []),
         "aliasHistory": list(status.get("aliasHistory") or []),

@@ -162,9 +162,11 @@ def test_run_versions_and_alias_promotion(
     patch_aliases(cluster, ns, "iris-v1", ["production"])
     wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
     time.sleep(1.1)  # claims are ordered by the API server's write time (seconds), then by observation
+    t0 = time.monotonic()
     patch_aliases(cluster, ns, "iris-v2", ["production"])
     wait_for(lambda: mv_status(cluster, ns, "iris-v2").get("aliases") == ["production"], 30, "v2 production")
     wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == [], 30, "v1 loses production")
+    print(f"MEASURE alias move visible in status after {time.monotonic() - t0:.2f}s")
 
     v1 = mv(cluster, ns, "iris-v1")
     assert v1 is not None and v1["spec"]["aliases"] == ["production"]  # spec untouched
@@ -187,6 +189,7 @@ def test_hand_registered_verification_protection_and_delete_policy(
     shutil.copytree(models / "offline" / "a", models / "offline" / "c")
     operator_factory()
     uri = f"pvc://{MODEL_CLAIM}/offline/%s/model.joblib"
+    t0 = time.monotonic()
     cluster.apply(hand_mv("flowers-v1", "flowers", 1, uri % "a", "0" * 64), ns)
     cluster.apply(hand_mv("flowers-v2", "flowers", 2, uri % "b", sha, aliases=["production"]), ns)
     cluster.apply(hand_mv("flowers-v3", "flowers", 3, uri % "c", sha, deletionPolicy="Delete"), ns)
@@ -198,6 +201,9 @@ def test_hand_registered_verification_protection_and_delete_policy(
     assert bad["verificationJob"].startswith("flowers-v1-verify-")
 
     good = wait_phase(cluster, ns, "flowers-v2", "Ready")
+    print(
+        f"MEASURE 4 hand-registered versions applied -> flowers-v2 Ready (Job verified) in {time.monotonic() - t0:.2f}s"
+    )
     assert condition(good, "ArtifactVerified") == condition(good, "ArtifactVerified") | {
         "status": "True",
         "reason": "Verified",
