@@ -151,9 +151,8 @@ async def cleanup_artifact(
     if not namespace:
         return
     mv = dict(body)
-    others = [o for o in await kube.list_versions_of_model(namespace, str(body["spec"]["model"]))]
-    # Any version of any model in the namespace could share the directory; check them all.
-    target = registry.cleanup_target(mv, others + await _all_versions(namespace))
+    # Any version of any model in the namespace could point into the same directory: check them all.
+    target = registry.cleanup_target(mv, await _all_versions(namespace))
     if target is None:
         _warn(mv, reason="CleanupSkipped", message="artifact is not on a PVC, is a claim root or is shared")
         return
