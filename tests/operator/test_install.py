@@ -32,6 +32,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _scrape(port: int) -> str:
+    try:
+        return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+    except OSError as exc:
+        return f"(scrape failed: {exc})"
+
+
 def _sa_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
     token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
@@ -134,19 +141,26 @@ def test_operator_under_chart_serviceaccount_trains_and_prometheus_scrapes_it(
             assert body["status"] == "success", body
             return list(body["data"]["result"])
 
+        ns = workspace.namespace
+        wanted = {
+            "jobs created": f'kubetrain_jobs_created_total{{namespace="{ns}"}} >= 1',
+            "succeeded runs": f'kubetrain_trainingruns{{namespace="{ns}",phase="Succeeded"}} >= 1',
+            "target up": 'up{job="kubetrain-operator"} == 1',
+        }
+        found: dict[str, list[dict[str, Any]]] = {}
         deadline = time.monotonic() + 60
-        jobs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             try:
-                jobs = query(f'kubetrain_jobs_created_total{{namespace="{workspace.namespace}"}}')
-                if jobs and float(jobs[0]["value"][1]) >= 1 and query('up{job="kubetrain-operator"} == 1'):
-                    break
+                found = {what: query(expr) for what, expr in wanted.items()}
             except OSError:
-                pass
+                found = {}
+            if found and all(found.values()):
+                break
             time.sleep(1)
-        assert jobs and float(jobs[0]["value"][1]) >= 1, jobs
-        phases = query(f'kubetrain_trainingruns{{namespace="{workspace.namespace}",phase="Succeeded"}}')
-        assert phases and float(phases[0]["value"][1]) >= 1, phases
+        missing = [what for what in wanted if not found.get(what)]
+        assert not missing, f"Prometheus lacks {missing}; the operator serves:\n" + "\n".join(
+            line for line in _scrape(op.metrics_port).splitlines() if line.startswith("kubetrain_")
+        )
         # The chart's rules load, and with the operator up, its "down" alert stays silent.
         rules = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5).read())
         groups = {g["name"] for g in rules["data"]["groups"]}
