@@ -86,6 +86,11 @@ class Workspace:
 
 @pytest.fixture
 def workspace(cluster: Cluster, namespace: str, crds: None) -> Workspace:
+    return prepare_workspace(cluster, namespace)
+
+
+def prepare_workspace(cluster: Cluster, namespace: str) -> Workspace:
+    """Bound data/models claims and iris.csv in an existing namespace (with its default service account)."""
     ws = Workspace(cluster, namespace)
     for claim in (DATA_CLAIM, MODELS_CLAIM):
         ws.apply(
@@ -129,11 +134,14 @@ def iris_run(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 class Operator:
-    """``python -m kubetrain_operator --namespace NS`` as a subprocess, log in a file."""
+    """``python -m kubetrain_operator --namespace NS`` as a subprocess, log in a file. ``scope`` replaces
+    ``--namespace NS`` (e.g. ``["--all-namespaces"]`` or ``["--namespace", "team-*"]``)."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log_path: Path) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, log_path: Path, scope: list[str] | None = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
+        self.scope = scope if scope is not None else ["--namespace", namespace]
+        self.health_port = 0
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
@@ -141,10 +149,11 @@ class Operator:
 
     def start(self, **env: str) -> None:
         self.metrics_port = _free_port()
+        self.health_port = _free_port()
         full = dict(self.cluster.env)
         full.update(
             KUBETRAIN_METRICS_PORT=str(self.metrics_port),
-            KUBETRAIN_HEALTH_PORT=str(_free_port()),
+            KUBETRAIN_HEALTH_PORT=str(self.health_port),
             KUBETRAIN_PROGRESS_INTERVAL="3",
             PYTHONUNBUFFERED="1",
         )
@@ -154,7 +163,7 @@ class Operator:
         log.write(f"\n===== operator start #{self.starts} env={env} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetrain_operator", "--namespace", self.namespace],
+            [sys.executable, "-m", "kubetrain_operator", *self.scope],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full,
