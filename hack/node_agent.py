@@ -50,6 +50,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx  # the HTTP client under lightkube (its transport errors are not ApiErrors)
 from lightkube import ApiError, Client, codecs
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.resources.coordination_v1 import Lease
@@ -738,18 +739,45 @@ class PodWorker:
             prev = old.get(c["type"])
             if prev and prev.get("status") == c["status"] and prev.get("lastTransitionTime"):
                 c["lastTransitionTime"] = prev["lastTransitionTime"]
-        try:
-            result = self.client.patch(
-                Pod.Status,
-                self.name,
-                {"status": status},
-                namespace=self.namespace,
-                patch_type=PatchType.MERGE,
-            )
-            self.pod = result.to_dict()
-        except ApiError as e:
-            if e.status.code != 404:
-                log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, e)
+        # Like the kubelet's status manager, keep a status the API server cannot take right now (down,
+        # restarting: connection errors, 429/5xx) and retry until it can; giving up here would end the
+        # pod's worker and, after the next re-list, restart or fail a container that did its job.
+        failures = 0
+        while True:
+            try:
+                result = self.client.patch(
+                    Pod.Status,
+                    self.name,
+                    {"status": status},
+                    namespace=self.namespace,
+                    patch_type=PatchType.MERGE,
+                )
+                self.pod = result.to_dict()
+                if failures:
+                    log.info(
+                        "pod %s/%s: status %s written after %d failures", self.namespace, self.name, phase, failures
+                    )
+                return
+            except ApiError as e:
+                if e.status.code != 429 and (e.status.code or 0) < 500:
+                    if e.status.code != 404:
+                        log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, e)
+                    return
+                error: Exception = e
+            except (httpx.TransportError, OSError) as e:
+                error = e
+            if failures % 10 == 0:
+                log.warning(
+                    "pod %s/%s: status %s not written (%s: %s); retrying",
+                    self.namespace,
+                    self.name,
+                    phase,
+                    type(error).__name__,
+                    error,
+                )
+            failures += 1
+            if self.agent.stopping.wait(min(0.5 * 2**failures, 5.0)):
+                return
 
     # -- volumes and env ----------------------------------------------------------------------------
     def prepare_volumes(self) -> None:

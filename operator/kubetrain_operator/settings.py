@@ -13,14 +13,30 @@ from typing import Any
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetrain/trainer:0.1.0"
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {raw!r}")
+    return value
 
 
 def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -62,6 +78,14 @@ class Settings:
     """ModelVersions kept per model (KUBETRAIN_MODEL_RETENTION); used by the ModelVersion controller."""
     protected_aliases: tuple[str, ...] = ("production",)
     """Aliases that only threshold-passing versions may hold (KUBETRAIN_PROTECTED_ALIASES, comma-separated)."""
+    watch_server_timeout: int = 300
+    """Whole seconds (the API's ``timeoutSeconds`` is an integer) the API server keeps one watch request
+    open before ending it cleanly; kopf then re-watches from the last resourceVersion
+    (KUBETRAIN_WATCH_SERVER_TIMEOUT; 0 = the server's default)."""
+    watch_client_timeout: float = 330.0
+    """Seconds after which the operator itself abandons a watch request, whatever the server does: the
+    bound on a watch that went silent without being closed (KUBETRAIN_WATCH_CLIENT_TIMEOUT; 0 = none,
+    then only kopf's 70 s inactivity timeout). Keep it above the server timeout."""
     test_exit_after_job_create: bool = False
     """TEST HOOK: exit the process right after creating a Job, before status is written
     (KUBETRAIN_TEST_EXIT_AFTER_JOB_CREATE=1). Used only by the idempotency test."""
@@ -91,6 +115,8 @@ class Settings:
             log_tail_lines=_int(e, "KUBETRAIN_LOG_TAIL_LINES", d.log_tail_lines),
             model_retention=_int(e, "KUBETRAIN_MODEL_RETENTION", d.model_retention),
             protected_aliases=_list(e, "KUBETRAIN_PROTECTED_ALIASES", d.protected_aliases),
+            watch_server_timeout=_int(e, "KUBETRAIN_WATCH_SERVER_TIMEOUT", d.watch_server_timeout, minimum=0),
+            watch_client_timeout=_float(e, "KUBETRAIN_WATCH_CLIENT_TIMEOUT", d.watch_client_timeout),
             test_exit_after_job_create=e.get("KUBETRAIN_TEST_EXIT_AFTER_JOB_CREATE") == "1",
         )
 

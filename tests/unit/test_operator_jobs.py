@@ -252,3 +252,17 @@ def test_settings_from_env() -> None:
     assert Settings.from_env({}) == Settings()
     with pytest.raises(ValueError, match="KUBETRAIN_MAX_GPUS"):
         Settings.from_env({"KUBETRAIN_MAX_GPUS": "many"})
+
+
+def test_settings_watch_timeouts() -> None:
+    assert (Settings().watch_server_timeout, Settings().watch_client_timeout) == (300, 330.0)
+    s = Settings.from_env({"KUBETRAIN_WATCH_SERVER_TIMEOUT": "5", "KUBETRAIN_WATCH_CLIENT_TIMEOUT": "7.5"})
+    # timeoutSeconds of a watch is an integer for the API server ("300.0" is a 400 Bad Request)
+    assert s.watch_server_timeout == 5 and isinstance(s.watch_server_timeout, int)
+    assert s.watch_client_timeout == 7.5
+    with pytest.raises(ValueError, match="KUBETRAIN_WATCH_SERVER_TIMEOUT"):
+        Settings.from_env({"KUBETRAIN_WATCH_SERVER_TIMEOUT": "5.5"})
+    with pytest.raises(ValueError, match="KUBETRAIN_WATCH_CLIENT_TIMEOUT"):
+        Settings.from_env({"KUBETRAIN_WATCH_CLIENT_TIMEOUT": "soon"})
+    with pytest.raises(ValueError, match="KUBETRAIN_WATCH_SERVER_TIMEOUT"):
+        Settings.from_env({"KUBETRAIN_WATCH_SERVER_TIMEOUT": "-1"})

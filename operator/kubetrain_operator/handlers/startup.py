@@ -12,6 +12,8 @@ from ..jobs import OWNED_SELECTOR
 from ..settings import get_settings
 
 PREFIX = "kubetrain.io"
+#: kopf's delays between retries of a failed API request: short at first, never above 5 s, ~5 min in total.
+API_ERROR_BACKOFFS: tuple[float, ...] = (1, 2, 3, 5) + (5,) * 58
 _server: Any = None
 
 
@@ -34,15 +36,21 @@ async def configure(
     settings.posting.reporting_component = "kubetrain-operator"
     # One replica (Deployment strategy Recreate): no peering.
     settings.peering.standalone = True
-    # Watch streams: bounded server-side, client timeout above it, fast reconnects.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    # Watch streams: bounded server-side, client timeout above it (the bound on a silently stalled
+    # stream, besides kopf's inactivity timeout), fast reconnects.
+    settings.watching.server_timeout = ours.watch_server_timeout or None
+    settings.watching.client_timeout = ours.watch_client_timeout or None
     settings.watching.connect_timeout = 30
     settings.watching.reconnect_backoff = 1.0
+    # Retries of failed API requests, watch (re)connects included. kopf's default (1, 1, 2, ..., 13, 21 s)
+    # left the watches up to 21 s behind an API server that was back, and gives up after ~1 min of outage;
+    # capped at 5 s, a restarted API server is seen again within 5 s, for ~5 min of outage (1 request per
+    # 5 s per watch: no storm).
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
     # Only our Jobs and their pods, filtered by the API server, not in memory.
     settings.watching.label_selectors["batch", "v1", "jobs"] = OWNED_SELECTOR
     settings.watching.label_selectors["", "v1", "pods"] = OWNED_SELECTOR
-    settings.batching.worker_limit = 20
+    settings.queueing.worker_limit = 20
     settings.networking.request_timeout = 60
     _server = await metrics.start_server(ours.metrics_port)
 
