@@ -10,20 +10,14 @@ import yaml
 
 from tests.api_cases import INVALID, Case, example_files
 from tests.conftest import REPO, Cluster
+from tests.operator.crds import install_crds
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/trainingruns.kubetrain.io",
-        "crd/modelversions.kubetrain.io",
-        "--timeout=60s",
-    )
+    install_crds(cluster.kubectl)
     return cluster
 
 
