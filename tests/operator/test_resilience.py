@@ -453,7 +453,10 @@ def test_no_retry_storm_while_api_server_is_down(ws: Workspace, op: Operator, pr
     print("\n".join(r[:160] for r in records[:40]))
     # 6 watch streams retried with backoff (1, 2, 3, 5, 5 s) and 2 runs reconciled with backoff (2, 4, 8 s):
     # a few dozen records; a tight loop would log hundreds.
-    assert max(per_second) <= 15, f"log storm: {per_second} records/s"
+    # The first second holds one burst: every open watch stream and in-flight request fails at once (two or
+    # three records each). After that, backoff must keep it quiet; a tight loop would log hundreds/s.
+    assert per_second[0] <= 40, f"log storm at the outage: {per_second} records/s"
+    assert max(per_second[1:]) <= 12, f"log storm: {per_second} records/s"
     assert len(records) <= 60, f"{len(records)} log records in a 10 s outage"
     assert errors <= 8, f"{errors} failed reconciles in a 10 s outage (2 runs, backoff 2, 4, 8 s)"
     # and afterwards: the training run finishes, a new run is trained
