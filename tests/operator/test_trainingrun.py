@@ -261,3 +261,56 @@ def test_operator_cli_help() -> None:
         check=True,
     ).stdout
     assert "--namespace" in out and "--all-namespaces" in out
+
+
+def test_bad_runs_beside_a_good_one_lose_nothing(workspace: Workspace, operator: Operator) -> None:
+    """Several ways to get a run wrong, applied at once next to a good run: each bad run fails with a
+    message naming the problem after one pod, and the good run trains and registers as if alone."""
+    ws = workspace
+    bad = {
+        "missing-file": (
+            {"dataset": {"uri": "pvc://kubetrain-data/nope.csv", "target": "species"}},
+            "DataInvalid",
+            "nope.csv",
+        ),
+        "wrong-target": (
+            {"dataset": {"uri": "pvc://kubetrain-data/iris.csv", "target": "colour"}},
+            "DataInvalid",
+            "colour",
+        ),
+        "unknown-param": (
+            {"estimator": {"name": "random_forest", "params": {"n_trees": 10}}},
+            "ConfigInvalid",
+            "n_trees",
+        ),
+        "missing-column": (
+            {
+                "dataset": {
+                    "uri": "pvc://kubetrain-data/iris.csv",
+                    "target": "species",
+                    "validation": {"requiredColumns": ["petal_colour"]},
+                }
+            },
+            "DataInvalid",
+            "petal_colour",
+        ),
+    }
+    for name, (overrides, _, _) in bad.items():
+        ws.apply(iris_run(name, **overrides))
+    ws.apply(iris_run("good"))
+    good = ws.wait_phase("good", ("Succeeded", "Failed"), timeout=120)
+    assert good["status"]["phase"] == "Succeeded", good["status"]
+    for name, (_, reason, needle) in bad.items():
+        run = ws.wait_phase(name, ("Failed", "Succeeded"), timeout=120)
+        failure = run["status"].get("failure") or {}
+        assert run["status"]["phase"] == "Failed" and failure.get("reason") == reason, (name, run["status"])
+        assert needle in failure.get("message", ""), (name, failure)
+        assert len(ws.pods(name)) == 1, name
+        assert not run["status"].get("modelVersion"), name
+    versions = ws.get("modelversions")["items"]
+    assert [v["metadata"]["name"] for v in versions] == [good["status"]["modelVersion"]]
+    model = ws.claim_dir(MODELS_CLAIM) / "good" / "model.joblib"
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == good["status"]["model"]["sha256"]
+    for name in bad:
+        assert not (ws.claim_dir(MODELS_CLAIM) / name / "model.joblib").exists(), name
+    assert operator.metric("kubetrain_reconcile_total", result="error") == 0
