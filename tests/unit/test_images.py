@@ -1,0 +1,72 @@
+"""What each image installs (Dockerfile.operator: `.[operator]`, Dockerfile.trainer: `.[trainer,s3]`),
+checked in clean virtualenvs since no Docker engine is at hand: each works on its own, and the operator
+never pulls in the ML libraries."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UV = Path(sys.executable).parent / "uv"
+HEAVY = ("sklearn", "pandas", "numpy", "scipy", "pyarrow", "joblib")
+
+pytestmark = pytest.mark.slow
+
+
+def _venv(tmp: Path, extra: str) -> Path:
+    venv = tmp / f"venv-{extra.replace(',', '-')}"
+    subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=300)
+    subprocess.run(
+        [str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), f"{REPO}[{extra}]"],
+        check=True,
+        timeout=900,
+    )
+    return venv / "bin" / "python"
+
+
+def test_dockerfiles_install_the_extras_these_tests_use() -> None:
+    assert re.search(r'pip install .*"\.\[operator\]"', (REPO / "Dockerfile.operator").read_text())
+    assert re.search(r'pip install .*"\.\[trainer,s3\]"', (REPO / "Dockerfile.trainer").read_text())
+    for name in ("Dockerfile.operator", "Dockerfile.trainer"):
+        assert "USER 10001" in (REPO / name).read_text(), f"{name} must run as non-root"
+
+
+def test_operator_image_works_without_ml_libraries(tmp_path: Path) -> None:
+    python = _venv(tmp_path, "operator")
+    probe = (
+        "import sys, resource; import kubetrain_operator.__main__, kubetrain_operator.handlers; "
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
+        "print('heavy', heavy); print('rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "heavy []" in out, out
+    for module in HEAVY:
+        found = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0
+        assert not found, f"{module} is installed in the operator image"
+    rss = int(out.split("rss_mb")[1])
+    print(f"operator image: imports use {rss} MB RSS")
+    assert rss < 150, out
+    help_text = subprocess.run(
+        [str(python), "-m", "kubetrain_operator", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--all-namespaces" in help_text
+
+
+def test_trainer_image_trains_on_its_own(tmp_path: Path) -> None:
+    python = _venv(tmp_path, "trainer,s3")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(python), "-m", "kubetrain_trainer", "run", "--config", str(REPO / "examples" / "iris-classification.yaml"),
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "KUBETRAIN_DATASET_PATH": str(REPO / "examples" / "data" / "iris.csv"),
+             "KUBETRAIN_TERMINATION_LOG": str(tmp_path / "result.json")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "iris" / "model.joblib").is_file()
+    assert '"Succeeded"' in (tmp_path / "result.json").read_text()
