@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from kubetrain_trainer import contract
-from kubetrain_trainer.errors import ConfigInvalid
+from kubetrain_trainer.errors import ConfigInvalid, DataInvalid
 
 from .conftest import spec_for, write_config
 
@@ -64,8 +64,31 @@ def test_remote_fetch_and_upload_through_fsspec(tmp_path: Path) -> None:
     upload_dir(art, "memory://models/runs/r1")
     assert fs.cat("/models/runs/r1/metadata.json") == b"metadata.json"
 
-    with pytest.raises(Exception, match="cannot read dataset"):
+    with pytest.raises(DataInvalid, match=r"dataset memory://bucket/missing\.csv not found"):
         fetch_remote("memory://bucket/missing.csv", tmp_path)
+
+
+def test_failed_upload_removes_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused metadata.json upload is ConfigInvalid, and the model already uploaded is taken back."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+    from kubetrain_trainer.artifacts import upload_dir
+
+    put = MemoryFileSystem.put_file
+
+    def refuse_metadata(self: Any, lpath: str, rpath: str, **kw: Any) -> Any:
+        if rpath.endswith(contract.METADATA_FILE):
+            raise PermissionError("Forbidden")
+        return put(self, lpath, rpath, **kw)
+
+    monkeypatch.setattr(MemoryFileSystem, "put_file", refuse_metadata)
+    art = tmp_path / "art"
+    art.mkdir()
+    for name in (contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE):
+        (art / name).write_text(name)
+    with pytest.raises(ConfigInvalid, match="access denied uploading artifacts to memory://models/partial/r1"):
+        upload_dir(art, "memory://models/partial/r1")
+    assert fsspec.filesystem("memory").find("/models/partial") == []
 
 
 @pytest.mark.parametrize(

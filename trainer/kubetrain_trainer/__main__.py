@@ -103,6 +103,12 @@ def _download_model(uri: str, dest: Path) -> Path:
                 fs.get_file(f"{base}/{extra}", str(dest / extra))
     except FileNotFoundError:
         raise VerifyFailed(f"model not found at {uri}") from None
+    except PermissionError as exc:
+        from .data import CREDENTIALS_HINT
+
+        raise VerifyFailed(
+            f"access denied reading the model at {uri} ({' '.join(str(exc).split())[:300]}); {CREDENTIALS_HINT}"
+        ) from None
     return dest
 
 

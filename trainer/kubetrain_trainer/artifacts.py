@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import contract
-from .errors import VerifyFailed
+from .errors import ConfigInvalid, VerifyFailed
 
 
 def library_versions() -> dict[str, str]:
@@ -108,13 +109,35 @@ def save_artifacts(run_dir: Path, pipeline: Any, metadata: dict[str, Any], model
 
 
 def upload_dir(local_dir: Path, remote_base: str) -> None:
-    """Copy artifacts to an object store (s3://), metadata.json last: its presence marks completion."""
+    """Copy artifacts to an object store (s3://), metadata.json last: its presence marks completion.
+
+    A missing bucket or denied access is ConfigInvalid (no retry); other errors (network, 5xx) stay
+    retryable. On any failure the objects this call already wrote are removed (best effort).
+    """
     import fsspec
+
+    from .data import CREDENTIALS_HINT
 
     fs, root = fsspec.core.url_to_fs(remote_base)
     names = [contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE]
-    for name in names:
-        fs.put_file(str(local_dir / name), f"{root.rstrip('/')}/{name}")
+    written: list[str] = []
+    try:
+        for name in names:
+            dest = f"{root.rstrip('/')}/{name}"
+            fs.put_file(str(local_dir / name), dest)
+            written.append(dest)
+    except BaseException as exc:
+        for dest in reversed(written):
+            with contextlib.suppress(Exception):
+                fs.rm_file(dest)
+        detail = " ".join(str(exc).split())[:300]
+        if isinstance(exc, FileNotFoundError):
+            raise ConfigInvalid(f"cannot upload artifacts to {remote_base}: not found ({detail})") from None
+        if isinstance(exc, PermissionError):
+            raise ConfigInvalid(
+                f"access denied uploading artifacts to {remote_base} ({detail}); {CREDENTIALS_HINT}"
+            ) from None
+        raise
 
 
 # ---- verify -----------------------------------------------------------------------------------------

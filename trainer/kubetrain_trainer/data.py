@@ -27,6 +27,10 @@ FORMATS_BY_SUFFIX = {
     ".ndjson": "jsonl",
 }
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".xz")
+CREDENTIALS_HINT = (
+    "check the credentials in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+    "or a role) and the endpoint (AWS_ENDPOINT_URL)"
+)
 
 
 # ---- locations --------------------------------------------------------------------------------------
@@ -88,9 +92,35 @@ def fetch_remote(uri: str, dest_dir: Path) -> Path:
         raise
     except ImportError as exc:
         raise ConfigInvalid(f"cannot read {uri}: missing optional dependency ({exc.name})") from None
+    except FileNotFoundError as exc:
+        raise DataInvalid(f"dataset {uri} not found ({_short(exc)})") from None
+    except PermissionError as exc:
+        hint = f"; {CREDENTIALS_HINT}" if uri.startswith("s3://") else ""
+        raise DataInvalid(f"access denied reading dataset {uri} ({_short(exc)}){hint}") from None
     except Exception as exc:
         raise DataInvalid(f"cannot read dataset {uri}: {type(exc).__name__}: {_short(exc)}") from None
     return dest
+
+
+def check_bucket(uri: str, field: str) -> None:
+    """Fail before training when an s3:// output's bucket does not exist (HEAD bucket, a 404).
+
+    Any other answer (403: wrong credentials, or a writer not allowed to look at the bucket) is left to
+    the upload itself, so write-only credentials keep working.
+    """
+    bucket = uri.removeprefix("s3://").split("/", 1)[0]
+    try:
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(uri)
+    except ImportError:
+        raise ConfigInvalid("s3:// needs fsspec and s3fs (pip install 'kubetrain[trainer,s3]')") from None
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise ConfigInvalid(f"{field} {uri!r}: bucket {bucket!r} does not exist") from None
+    except Exception:
+        return
 
 
 def infer_format(path_or_uri: str, declared: str | None) -> str:

@@ -60,7 +60,7 @@ class Outputs:
 
 
 def resolve_output(cfg: RunConfig, output_arg: str | None, scratch: Path) -> Outputs:
-    from .data import check_uri_path, local_path
+    from .data import check_bucket, check_uri_path, local_path
 
     env_dir = os.environ.get(contract.ENV_OUTPUT_DIR)
     spec_uri = cfg.spec.output.uri if cfg.spec.output else None
@@ -81,6 +81,7 @@ def resolve_output(cfg: RunConfig, output_arg: str | None, scratch: Path) -> Out
             return Outputs(run_dir, logical or (run_dir / contract.MODEL_FILE).as_uri())
         if not base_uri.startswith("s3://"):
             raise ConfigInvalid(f"{field} {base_uri!r}: artifacts can go to pvc://, file:// or s3://")
+        check_bucket(base_uri, field)
         return Outputs(
             scratch / "upload" / cfg.name, logical or base_uri, upload_to=f"{base_uri.rstrip('/')}/{cfg.name}"
         )
