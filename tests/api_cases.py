@@ -114,6 +114,13 @@ INVALID: list[Case] = [
     Case("bad-alias", {"spec.register.aliases": ["Production!"]}, "aliases"),
     Case("missing-max-missing-range", {"spec.dataset.validation.maxMissingFraction": 1.5}, "maxMissingFraction"),
     Case("target-excluded", {"spec.dataset.exclude": ["species"]}, "exclude"),
+    Case(
+        "env-from-both-refs",
+        {"spec.envFrom": [{"secretRef": {"name": "s3"}, "configMapRef": {"name": "s3"}}]},
+        "envFrom",
+    ),
+    Case("env-from-bad-name", {"spec.envFrom": [{"secretRef": {"name": "S3 Creds"}}]}, "envFrom"),
+    Case("bad-service-account", {"spec.serviceAccountName": "Trainer_SA"}, "serviceAccountName"),
     Case("bad-pvc-claim", {"spec.dataset.uri": "pvc://Bad_Claim/iris.csv"}, "dataset.uri", server=False),
     Case(
         "param-object-value",

@@ -297,6 +297,13 @@ def training_run_crd() -> dict[str, Any]:
             for r in ("cpu", "memory")
         ],
     )
+    spec["properties"]["envFrom"]["items"]["x-kubernetes-validations"] = [
+        {
+            "rule": "has(self.secretRef) != has(self.configMapRef)",
+            "message": "spec.envFrom entries need exactly one of secretRef or configMapRef",
+            "reason": "FieldValueInvalid",
+        }
+    ]
     _add_rules(
         spec,
         ["evaluation"],

@@ -439,6 +439,28 @@ class Toleration(_Model):
     """For NoExecute: how long the pod stays bound after the taint appears."""
 
 
+class LocalObjectRef(_Model):
+    """A Secret or ConfigMap in the run's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Object name."""
+
+
+class EnvFromSource(_Model):
+    """A Secret or a ConfigMap whose keys become environment variables of the trainer (exactly one)."""
+
+    secret_ref: LocalObjectRef | None = None
+    """Secret whose keys become variables (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+    config_map_ref: LocalObjectRef | None = None
+    """ConfigMap whose keys become variables (e.g. AWS_ENDPOINT_URL for MinIO, AWS_DEFAULT_REGION)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("spec.envFrom entries need exactly one of secretRef or configMapRef")
+        return self
+
+
 class RegisterSpec(_Model):
     """How a successful run is registered as a ModelVersion."""
 
@@ -485,6 +507,12 @@ class TrainingRunSpec(_Model):
     """Kueue LocalQueue; the Job is created suspended with kueue.x-k8s.io/queue-name for Kueue to admit."""
     image: str | None = Field(default=None, max_length=512, pattern=IMAGE_PATTERN)
     """Trainer image override; custom images must follow the trainer contract."""
+    env_from: Annotated[list[EnvFromSource], Field(max_length=8)] | None = None
+    """Secrets/ConfigMaps whose keys become the trainer's environment, e.g. S3 credentials and endpoint.
+    The operator's own KUBETRAIN_* variables always take precedence."""
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """ServiceAccount of the trainer pod (e.g. for IRSA or workload identity); its token is mounted only when
+    this is set."""
     backoff_limit: int = Field(default=2, ge=0, le=10)
     """Retries of a crashed trainer pod (data, config and threshold failures never retry)."""
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)

@@ -206,6 +206,7 @@ def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[st
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(TRAINER_COMMAND),
         "env": trainer_env(run, uid, settings),
+        **({"envFrom": [e.dump() for e in spec.env_from]} if spec.env_from else {}),
         "resources": resources(run, settings),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -221,7 +222,9 @@ def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[st
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
+        # A token only for a ServiceAccount the user names (IRSA, workload identity); never the default one.
+        "automountServiceAccountToken": bool(spec.service_account_name),
+        **({"serviceAccountName": spec.service_account_name} if spec.service_account_name else {}),
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,

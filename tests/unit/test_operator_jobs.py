@@ -266,3 +266,23 @@ def test_settings_watch_timeouts() -> None:
         Settings.from_env({"KUBETRAIN_WATCH_CLIENT_TIMEOUT": "soon"})
     with pytest.raises(ValueError, match="KUBETRAIN_WATCH_SERVER_TIMEOUT"):
         Settings.from_env({"KUBETRAIN_WATCH_SERVER_TIMEOUT": "-1"})
+
+
+def test_env_from_and_service_account_reach_the_pod_without_overriding_the_contract() -> None:
+    run = make_run(
+        envFrom=[{"secretRef": {"name": "s3-creds"}}, {"configMapRef": {"name": "s3-endpoint"}}],
+        serviceAccountName="trainer-irsa",
+    )
+    pod = jobs.build_trainer_job(run, UID, Settings())["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}, {"configMapRef": {"name": "s3-endpoint"}}]
+    # Explicit env wins over envFrom in Kubernetes, so a Secret cannot redirect the contract's variables.
+    assert "KUBETRAIN_CONFIG" in env_of({"spec": {"template": {"spec": pod}}})
+    assert pod["serviceAccountName"] == "trainer-irsa"
+    assert pod["automountServiceAccountToken"] is True
+
+
+def test_no_service_account_token_unless_one_is_named() -> None:
+    pod = jobs.build_trainer_job(make_run(), UID, Settings())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod and "envFrom" not in pod["containers"][0]

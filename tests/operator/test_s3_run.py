@@ -1,0 +1,117 @@
+"""A run that reads its dataset from S3 and writes its model to S3, through the operator: credentials come
+from a Secret and the endpoint from a ConfigMap via spec.envFrom. The S3 server is moto in server mode on
+loopback (a real HTTP S3 API; nothing leaves 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Operator, Workspace, iris_frame, iris_run
+
+pytestmark = pytest.mark.cluster
+SECRET = "kt-s3cr3t-9f2c"
+pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is needed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBETRAIN_"))}
+    log = (tmp_path / "moto.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            opener.open(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.1)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=20)
+    log.close()
+
+
+def test_s3_dataset_and_output_through_env_from(workspace: Workspace, operator: Operator, s3_endpoint: str) -> None:
+    import boto3
+
+    client: Any = boto3.client(
+        "s3", endpoint_url=s3_endpoint, aws_access_key_id="kubetrain", aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )  # fmt: skip
+    client.create_bucket(Bucket="kt-data")
+    client.create_bucket(Bucket="kt-models")
+    client.put_object(Bucket="kt-data", Key="iris/iris.csv", Body=iris_frame().to_csv(index=False).encode())
+
+    ws = workspace
+    ws.kubectl(
+        "create", "secret", "generic", "s3-creds",
+        "--from-literal=AWS_ACCESS_KEY_ID=kubetrain", f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}",
+    )  # fmt: skip
+    ws.kubectl(
+        "create", "configmap", "s3-endpoint", f"--from-literal=AWS_ENDPOINT_URL={s3_endpoint}",
+        "--from-literal=AWS_DEFAULT_REGION=us-east-1", "--from-literal=NO_PROXY=127.0.0.1,localhost",
+    )  # fmt: skip
+    run = iris_run(
+        "iris-s3",
+        dataset={"uri": "s3://kt-data/iris/iris.csv", "target": "species"},
+        output={"uri": "s3://kt-models/runs/"},
+        envFrom=[{"secretRef": {"name": "s3-creds"}}, {"configMapRef": {"name": "s3-endpoint"}}],
+    )
+    ws.apply(run)
+    done = ws.wait_phase("iris-s3", ("Succeeded", "Failed"), timeout=120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    model = done["status"]["model"]
+    assert model["uri"] == "s3://kt-models/runs/iris-s3/model.joblib"
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="kt-models")["Contents"])
+    assert keys == ["runs/iris-s3/metadata.json", "runs/iris-s3/model.joblib", "runs/iris-s3/model.joblib.sha256"]
+    body = client.get_object(Bucket="kt-models", Key="runs/iris-s3/model.joblib")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == model["sha256"]
+    mv = ws.get("modelversion", done["status"]["modelVersion"])
+    assert mv["spec"]["artifact"]["uri"] == model["uri"]
+    assert mv["spec"]["source"]["dataset"] == "s3://kt-data/iris/iris.csv"
+    # The Secret's values reached only the pod, never the TrainingRun or the Job's spec.
+    job = ws.get("job", done["status"]["jobName"])
+    assert SECRET not in json.dumps(job) and SECRET not in json.dumps(ws.run("iris-s3"))
+
+
+def test_s3_without_credentials_fails_clearly(workspace: Workspace, operator: Operator, s3_endpoint: str) -> None:
+    ws = workspace
+    ws.kubectl("create", "configmap", "s3-endpoint", f"--from-literal=AWS_ENDPOINT_URL={s3_endpoint}")
+    ws.apply(
+        iris_run(
+            "no-bucket",
+            dataset={"uri": "s3://missing-bucket/iris.csv", "target": "species"},
+            envFrom=[{"configMapRef": {"name": "s3-endpoint"}}],
+        )
+    )
+    done = ws.wait_phase("no-bucket", ("Succeeded", "Failed"), timeout=120)
+    failure = done["status"].get("failure") or {}
+    assert done["status"]["phase"] == "Failed", done["status"]
+    assert failure.get("reason") in ("DataInvalid", "ConfigInvalid"), failure
+    assert "missing-bucket" in failure.get("message", ""), failure
+    assert len(ws.pods("no-bucket")) == 1
