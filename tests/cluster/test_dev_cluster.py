@@ -163,11 +163,14 @@ def test_deleting_job_removes_pods_via_garbage_collector(cluster: Cluster, names
 
     wait_until("job pod Running", running, 90)
     cluster.kubectl("delete", "job", "sleeper", "-n", namespace, "--cascade=background", "--wait=false")
-    wait_until(
+    pods_gone = wait_until(
         "pods gone",
         lambda: not cluster.get_json("pods", "-n", namespace, "-l", "job-name=sleeper")["items"],
         90,
     )
+    assert pods_gone
+    jobs = cluster.get_json("jobs", "-n", namespace)["items"]
+    assert [j["metadata"]["name"] for j in jobs] == []
 
 
 def test_termination_message_in_pod_status(cluster: Cluster, namespace: str) -> None:
