@@ -180,17 +180,18 @@ def training_run_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
         est: tuple(dict.fromkeys(metric for t in tasks for metric in m.TASK_METRICS[t]))
         for est, tasks in m.ESTIMATOR_TASKS.items()
     }
+    by_task = _tasks_to_estimators()
     allowed = (
         f"(has(self.task) ? {_cel_map(m.TASK_METRICS)}[self.task] : "
         f"{_cel_map(metrics_by_estimator)}[self.estimator.name])"
     )
     rules = [
         {
-            "rule": f"!has(self.task) || self.estimator.name in {_cel_map(_tasks_to_estimators())}[self.task]",
+            "rule": f"!has(self.task) || self.estimator.name in {_cel_map(by_task)}[self.task]",
             "message": "spec.estimator.name does not support spec.task (classification: "
-            + ", ".join(_tasks_to_estimators()["classification"])
+            + ", ".join(by_task["classification"])
             + "; regression: "
-            + ", ".join(_tasks_to_estimators()["regression"])
+            + ", ".join(by_task["regression"])
             + "; anomalyDetection: isolation_forest)",
             "fieldPath": ".estimator.name",
             "reason": "FieldValueInvalid",
@@ -433,7 +434,7 @@ def _crd(
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": [short],
-                "categories": ["kubetrain", "all"][:1],
+                "categories": ["kubetrain"],
             },
             "versions": [
                 {

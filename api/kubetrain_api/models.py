@@ -100,19 +100,6 @@ TrainingRunPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"
 ModelVersionPhase = Literal["Pending", "Verifying", "Ready", "Failed"]
 
 
-def _cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
-    out = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    if reason:
-        out["reason"] = reason
-    return out
-
-
-def _quoted_list(values: tuple[str, ...] | list[str]) -> str:
-    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
-
-
 class _Model(BaseModel):
     """Base: camelCase aliases, unknown fields refused, attribute docstrings become descriptions."""
 
@@ -212,9 +199,6 @@ class DatasetSpec(_Model):
         return self
 
 
-ParamValue = Annotated[Any, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
-
-
 class EstimatorSpec(_Model):
     """The scikit-learn estimator, by catalogue name, with its parameters."""
 
@@ -254,9 +238,6 @@ class Distribution(_Model):
         if self.distribution == "loguniform" and self.low <= 0:
             raise ValueError("loguniform needs low > 0")
         return self
-
-
-SearchValues = list[Any] | Distribution
 
 
 class SearchSpec(_Model):
@@ -557,14 +538,12 @@ def cross_field_errors(spec: TrainingRunSpec) -> list[str]:
                 f"spec.evaluation.thresholds[{i}].metric: {th.metric} is not computed for "
                 f"{'/'.join(possible_tasks)} (choose from {', '.join(sorted(computable))})"
             )
-    for name, metric in (("primaryMetric", spec.evaluation.primary_metric), ("search.scoring", None)):
+    named = [("spec.evaluation.primaryMetric", spec.evaluation.primary_metric)]
+    named += [("spec.search.scoring", spec.search.scoring if spec.search else None)]
+    named += [(f"spec.evaluation.metrics[{i}]", metric) for i, metric in enumerate(spec.evaluation.metrics)]
+    for path, metric in named:
         if metric and metric not in computable:
-            errors.append(f"spec.evaluation.{name}: {metric} is not computed for {'/'.join(possible_tasks)}")
-    if spec.search and spec.search.scoring and spec.search.scoring not in computable:
-        errors.append(f"spec.search.scoring: {spec.search.scoring} is not computed for {'/'.join(possible_tasks)}")
-    for i, metric in enumerate(spec.evaluation.metrics):
-        if metric not in computable:
-            errors.append(f"spec.evaluation.metrics[{i}]: {metric} is not computed for {'/'.join(possible_tasks)}")
+            errors.append(f"{path}: {metric} is not computed for {'/'.join(possible_tasks)}")
     if spec.search and spec.search.strategy == "grid" and spec.search.parallelism > 1:
         size = 1
         for values in spec.search.space.values():
@@ -594,12 +573,6 @@ class Condition(_Model):
     """When the status last changed (RFC 3339)."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The spec generation the condition was computed from."""
-
-
-class Metrics(_Model):
-    """Metric name → value (floats)."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 MetricMap = dict[Annotated[str, Field(max_length=64)], float]

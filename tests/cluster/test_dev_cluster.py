@@ -7,33 +7,18 @@ by the local node agent as processes. Each test gets a fresh namespace.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, wait_until
 from tests.operator.crds import install_crds
 
 pytestmark = pytest.mark.cluster
 
-T = TypeVar("T")
 SUPPORTED_RELEASES = ("v1.37.2", "v1.36.3")
-
-
-def wait_until(what: str, fn: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:
-    """Poll ``fn`` until it returns something truthy; fail with ``what`` and the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def job(name: str, command: list[str], **spec: Any) -> dict[str, Any]:

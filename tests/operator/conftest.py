@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, free_port
 
 from .crds import install_crds
 
 DATA_CLAIM = "kubetrain-data"
 MODELS_CLAIM = "kubetrain-models"
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width", "species"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -148,8 +141,8 @@ class Operator:
         self.starts = 0
 
     def start(self, **env: str) -> None:
-        self.metrics_port = _free_port()
-        self.health_port = _free_port()
+        self.metrics_port = free_port()
+        self.health_port = free_port()
         full = dict(self.cluster.env)
         full.update(
             KUBETRAIN_METRICS_PORT=str(self.metrics_port),

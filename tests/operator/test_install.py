@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,17 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, free_port
 
 from .conftest import Operator, Workspace, iris_run
 
 pytestmark = pytest.mark.cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _scrape(port: int) -> str:
@@ -111,7 +104,7 @@ def test_operator_under_chart_serviceaccount_trains_and_prometheus_scrapes_it(
     kubeconfig = _sa_kubeconfig(cluster, ns, f"{release}-kubetrain", tmp_path / "sa.kubeconfig")
     op = operator_factory(KUBECONFIG=str(kubeconfig))
 
-    prom_port = _free_port()
+    prom_port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(REPO / "helm" / "kubetrain" / "files" / "prometheus-rules.yaml")],

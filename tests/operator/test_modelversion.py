@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, wait_until
 
 from .conftest import DATA_CLAIM, MODELS_CLAIM, Operator, Workspace
 
@@ -47,14 +47,7 @@ def models(workspace: Workspace) -> Path:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_until(what, predicate, timeout, interval)
 
 
 def mv(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:

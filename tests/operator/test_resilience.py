@@ -36,7 +36,7 @@ import pytest
 
 from tests.conftest import DEV_CLUSTER, Cluster, _parse_up_output
 
-from .conftest import DATA_CLAIM, MODELS_CLAIM, Operator, Workspace, iris_frame, iris_run
+from .conftest import Operator, Workspace, iris_run, prepare_workspace
 from .crds import install_crds
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -166,22 +166,7 @@ def ws(private_cluster: PrivateCluster) -> Iterator[Workspace]:
     while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
         assert time.monotonic() < deadline, f"no default service account in {name} after 30s"
         time.sleep(0.3)
-    workspace = Workspace(cluster, name)
-    for claim in (DATA_CLAIM, MODELS_CLAIM):
-        workspace.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            }
-        )
-    while not all(
-        workspace.get("pvc", c).get("status", {}).get("phase") == "Bound" for c in (DATA_CLAIM, MODELS_CLAIM)
-    ):
-        assert time.monotonic() < deadline + 30, "claims not Bound"
-        time.sleep(0.3)
-    workspace.write_csv("iris.csv", iris_frame())
+    workspace = prepare_workspace(cluster, name)
     yield workspace
 
 

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.s3server import moto_server
 
 from .conftest import Operator, Workspace, iris_frame, iris_run
 
@@ -25,35 +21,10 @@ SECRET = "kt-s3cr3t-9f2c"
 pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is needed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def s3_endpoint(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBETRAIN_"))}
-    log = (tmp_path / "moto.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            opener.open(f"{endpoint}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.1)
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
+    with moto_server(tmp_path / "moto.log") as endpoint:
+        yield endpoint
 
 
 def test_s3_dataset_and_output_through_env_from(workspace: Workspace, operator: Operator, s3_endpoint: str) -> None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import free_port
+from tests.s3server import clean_env, moto_server
 
 from .conftest import CliRun, _parse, spec_for, write_config
 
@@ -65,28 +64,15 @@ class S3:
         return bytes(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def _clean_env() -> dict[str, str]:
-    drop = ("KUBETRAIN_", "AWS_", "FSSPEC_", "BOTO_")
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(drop) and k.lower() not in ("http_proxy", "https_proxy")
-    }
-
-
 def trainer(*argv: str, env: dict[str, str]) -> CliRun:
     proc = subprocess.run(
         [sys.executable, "-m", "kubetrain_trainer", *argv],
         capture_output=True,
         text=True,
-        env={**_clean_env(), **env},
+        env={**clean_env(), **env},
         timeout=300,
     )
     return CliRun(proc.returncode, _parse(proc.stdout), proc.stdout, proc.stderr, None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -94,26 +80,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[S3]
     import boto3
 
     tmp = tmp_path_factory.mktemp("s3")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp / "moto.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**_clean_env(), "INITIAL_NO_AUTH_ACTION_COUNT": "3", "NO_PROXY": "127.0.0.1,localhost"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                opener.open(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start: {(tmp / 'moto.log').read_text()}") from None
-                time.sleep(0.1)
+    # IAM enforced: the first three requests (user, access key, policy) are unauthenticated, then signed.
+    with moto_server(tmp / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="3") as endpoint:
 
         def session(key: str, secret: str) -> Any:
             return boto3.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1")
@@ -129,14 +97,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[S3]
         for name in ("iris.csv", "iris.parquet"):
             client.put_object(Bucket=BUCKET, Key=name, Body=(data_dir / name).read_bytes())
         yield S3(endpoint, key, secret, client, tmp)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def _config(tmp_path: Path, dataset: str, output: str, name: str) -> Path:
@@ -184,7 +144,7 @@ def test_parquet_with_the_fsspec_endpoint_variable(s3: S3, tmp_path: Path) -> No
     """FSSPEC_S3_ENDPOINT_URL reaches S3FileSystem(endpoint_url=...); AWS_ENDPOINT_URL points at a closed
     loopback port, so the run only passes if the fsspec variable is the one used."""
     cfg = _config(tmp_path, f"s3://{BUCKET}/iris.parquet", f"s3://{OUT_BUCKET}/pq", "iris-pq")
-    env = s3.env(AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}", FSSPEC_S3_ENDPOINT_URL=s3.endpoint)
+    env = s3.env(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", FSSPEC_S3_ENDPOINT_URL=s3.endpoint)
     run = trainer("run", "--config", str(cfg), env=env)
     assert run.code == 0, (run.result, run.stderr[-2000:])
     assert run.result["dataset"]["format"] == "parquet"

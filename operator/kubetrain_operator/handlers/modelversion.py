@@ -108,10 +108,9 @@ async def reconcile_version(
 
     phase = (mv.get("status") or {}).get("phase")
     if phase not in (PHASE_READY, PHASE_FAILED):
-        await _settle_phase(mv, retry, logger)
+        phase = await _settle_phase(mv, retry, logger)
     await sync_model(namespace, model, logger)
-    mv = await kube.get_model_version(namespace, name)
-    if mv and (mv.get("status") or {}).get("phase") == PHASE_READY:
+    if phase == PHASE_READY:
         await apply_retention(namespace, model, logger)
 
 
@@ -152,7 +151,7 @@ async def cleanup_artifact(
         return
     mv = dict(body)
     # Any version of any model in the namespace could point into the same directory: check them all.
-    target = registry.cleanup_target(mv, await _all_versions(namespace))
+    target = registry.cleanup_target(mv, await kube.list_model_versions(namespace, {}))
     if target is None:
         _warn(mv, reason="CleanupSkipped", message="artifact is not on a PVC, is a claim root or is shared")
         return
@@ -171,8 +170,9 @@ async def cleanup_artifact(
 # ---- phase --------------------------------------------------------------------------------------------
 
 
-async def _settle_phase(mv: dict[str, Any], retry: int, logger: Log) -> None:
-    """Move a Pending/Verifying version to Ready or Failed, or raise TemporaryError while waiting."""
+async def _settle_phase(mv: dict[str, Any], retry: int, logger: Log) -> str:
+    """Move a Pending/Verifying version to Ready or Failed (the phase written is returned), or raise
+    TemporaryError while waiting."""
     meta, spec = mv["metadata"], mv["spec"]
     namespace = meta["namespace"]
     siblings = await kube.list_versions_of_model(namespace, spec["model"])
@@ -180,7 +180,7 @@ async def _settle_phase(mv: dict[str, Any], retry: int, logger: Log) -> None:
     if holder is not None and holder["metadata"]["uid"] != meta["uid"]:
         msg = f"version {spec['version']} of model {spec['model']} is already held by {holder['metadata']['name']}"
         await _write_phase(mv, PHASE_FAILED, REASON_VERSION_CONFLICT, msg, logger)
-        return
+        return PHASE_FAILED
 
     trust = await _trusted_lineage(mv)
     if trust == "wait" and retry < TRUST_WAIT_RETRIES:
@@ -188,7 +188,7 @@ async def _settle_phase(mv: dict[str, Any], retry: int, logger: Log) -> None:
     if trust is True:
         msg = "the trainer computed the sha256 of the file it wrote (TrainingRun status agrees)"
         await _write_phase(mv, PHASE_READY, REASON_VERIFIED_BY_TRAINER, msg, logger, passed=True)
-        return
+        return PHASE_READY
 
     manifest = registry.build_verify_job(mv, get_settings())
     job_name = manifest["metadata"]["name"]
@@ -200,10 +200,11 @@ async def _settle_phase(mv: dict[str, Any], retry: int, logger: Log) -> None:
         raise kopf.TemporaryError(f"verification Job {job_name} is running", delay=VERIFY_POLL_SECONDS)
     if state == "succeeded":
         await _write_phase(mv, PHASE_READY, REASON_VERIFIED, "checksum, load and smoke prediction passed", logger)
-        return
+        return PHASE_READY
     message = await _termination_message(namespace, job_name) or _job_failure(job)
     reason = registry.verify_failure_reason(message)
     await _write_phase(mv, PHASE_FAILED, reason, message, logger)
+    return PHASE_FAILED
 
 
 def _version_holder(siblings: list[dict[str, Any]], version: int) -> dict[str, Any] | None:
@@ -332,10 +333,6 @@ async def _termination_message(namespace: str, job_name: str) -> str | None:
 
 
 # ---- aliases and retention ----------------------------------------------------------------------------
-
-
-async def _all_versions(namespace: str) -> list[dict[str, Any]]:
-    return await kube.list_model_versions(namespace, {})
 
 
 async def sync_model(namespace: str, model: str, logger: Log) -> None:
