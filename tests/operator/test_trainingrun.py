@@ -21,6 +21,17 @@ def _cond(run: dict, ctype: str) -> dict:
     return next(c for c in run["status"]["conditions"] if c["type"] == ctype)
 
 
+def _event_reasons(ws: Workspace, name: str, until: str, timeout: float = 20) -> dict[str, str]:
+    """Event reason → type of the run's Events, polled until ``until`` is among them (Events are async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        selector = f"involvedObject.kind=TrainingRun,involvedObject.name={name}"
+        reasons = {e["reason"]: e["type"] for e in ws.get("events", "--field-selector", selector)["items"]}
+        if until in reasons or time.monotonic() > deadline:
+            return reasons
+        time.sleep(0.5)
+
+
 def _quiet(ws: Workspace, name: str, seconds: float = 4) -> None:
     """No storm: the finished run is not written again."""
     rv = ws.run(name)["metadata"]["resourceVersion"]
@@ -66,6 +77,9 @@ def test_iris_succeeds_in_restricted_namespace(workspace: Workspace, operator: O
     assert not [c for c in job["status"].get("conditions", []) if c["type"] == "FailedCreate"]
     events = ws.kubectl("get", "events", "--field-selector", "reason=FailedCreate").stdout
     assert "FailedCreate" not in events
+    # Events on the run for each transition: Job created, ..., Trained (Normal)
+    reasons = _event_reasons(ws, "iris", until="Trained")
+    assert reasons.get("JobCreated") == "Normal" and reasons.get("Trained") == "Normal", reasons
     # no kopf annotations / finalizers on the run; few status writes
     assert not run["metadata"].get("finalizers")
     assert not [a for a in run["metadata"].get("annotations", {}) if "kopf" in a]
@@ -85,6 +99,8 @@ def test_bad_dataset_fails_data_invalid_with_one_pod(workspace: Workspace, opera
     assert failure["exitCode"] == 11 and failure["message"]
     assert _cond(run, "Succeeded")["status"] == "False"
     assert len(ws.pods("bad-data")) == 1
+    reasons = _event_reasons(ws, "bad-data", until="DataInvalid")
+    assert reasons.get("DataInvalid") == "Warning", reasons
     _quiet(ws, "bad-data")
     assert len(ws.pods("bad-data")) == 1
     assert operator.metric("kubetrain_status_writes_total", kind="TrainingRun") <= 5
