@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 
 from .conftest import MODELS_CLAIM, Operator, Workspace, iris_frame, iris_run
 
@@ -253,6 +254,28 @@ def test_suspend_and_quick_toggles_make_one_job(workspace: Workspace, operator: 
     ws.kubectl("annotate", "tr", "toggle", "example.com/touched=1")
     ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/toggle", "--timeout=90s")
     assert len(ws.jobs("toggle")) == 1
+
+
+def test_mutable_fields_reach_the_unfinished_job(workspace: Workspace, operator: Operator) -> None:
+    """activeDeadlineSeconds, backoffLimit and ttlSecondsAfterFinished edited on a run (here while it waits
+    suspended, e.g. for a queue) are carried to its Job; a removed field is removed from the Job."""
+    ws = workspace
+    ws.apply(iris_run("tunable", suspend=True, activeDeadlineSeconds=900, backoffLimit=1))
+    ws.wait_phase("tunable", ("Suspended",), timeout=30)
+    job_name = ws.jobs("tunable")[0]["metadata"]["name"]
+    patch = '{"spec":{"activeDeadlineSeconds":600,"backoffLimit":3,"ttlSecondsAfterFinished":3600}}'
+    ws.kubectl("patch", "tr", "tunable", "--type=merge", "-p", patch)
+
+    def job_fields() -> tuple[Any, ...]:
+        spec = ws.get("job", job_name)["spec"]
+        return spec.get("activeDeadlineSeconds"), spec.get("backoffLimit"), spec.get("ttlSecondsAfterFinished")
+
+    wait_until("the edited fields on the Job", lambda: job_fields() == (600, 3, 3600), timeout=30)
+    ws.kubectl("patch", "tr", "tunable", "--type=merge", "-p", '{"spec":{"activeDeadlineSeconds":null}}')
+    wait_until("activeDeadlineSeconds removed from the Job", lambda: job_fields() == (None, 3, 3600), timeout=30)
+    ws.kubectl("patch", "tr", "tunable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/tunable", "--timeout=90s")
+    assert [j["metadata"]["name"] for j in ws.jobs("tunable")] == [job_name]
 
 
 def test_ttl_deletes_the_job_but_the_status_survives(workspace: Workspace, operator: Operator) -> None:

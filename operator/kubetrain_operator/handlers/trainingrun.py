@@ -304,7 +304,8 @@ def _job_finished(job: dict[str, Any]) -> bool:
 
 
 async def _sync_job(job: dict[str, Any], run: TrainingRun) -> dict[str, Any]:
-    """Carry the mutable spec fields (suspend, ttlSecondsAfterFinished) to the Job."""
+    """Carry the mutable spec fields (suspend, ttlSecondsAfterFinished, activeDeadlineSeconds, backoffLimit)
+    to an unfinished Job; a null in the merge patch removes a field the run no longer sets."""
     if _job_finished(job):
         return job
     jspec = job.get("spec") or {}
@@ -312,8 +313,13 @@ async def _sync_job(job: dict[str, Any], run: TrainingRun) -> dict[str, Any]:
     want_suspend = jobs.desired_suspend(run)
     if want_suspend is not None and bool(jspec.get("suspend")) != want_suspend:
         patch["suspend"] = want_suspend
-    if jspec.get("ttlSecondsAfterFinished") != run.spec.ttl_seconds_after_finished:
-        patch["ttlSecondsAfterFinished"] = run.spec.ttl_seconds_after_finished
+    for key, want in (
+        ("ttlSecondsAfterFinished", run.spec.ttl_seconds_after_finished),
+        ("activeDeadlineSeconds", run.spec.active_deadline_seconds),
+        ("backoffLimit", run.spec.backoff_limit),
+    ):
+        if jspec.get(key) != want:
+            patch[key] = want
     if not patch:
         return job
     meta = job["metadata"]
