@@ -33,9 +33,10 @@ class Case:
     changes: dict[str, Any]
     field: str
     server: bool = True
+    example: str = "iris-classification.yaml"  # the valid manifest the changes are made to
 
     def manifest(self, name: str | None = None) -> dict[str, Any]:
-        obj = copy.deepcopy(load_example("iris-classification.yaml"))
+        obj = copy.deepcopy(load_example(self.example))
         if name:
             obj["metadata"]["name"] = name
         for path, value in self.changes.items():
@@ -128,4 +129,23 @@ INVALID: list[Case] = [
         "params",
         server=False,
     ),
+]
+
+# ModelVersion: the hand-registered example made wrong one field at a time.
+MV = "modelversion-manual.yaml"
+INVALID += [
+    Case("mv-version-zero", {"spec.version": 0}, "version", example=MV),
+    Case("mv-short-sha256", {"spec.artifact.sha256": "abc123"}, "sha256", example=MV),
+    Case("mv-artifact-https", {"spec.artifact.uri": "https://example.com/model.joblib"}, "artifact.uri", example=MV),
+    Case("mv-artifact-dotdot", {"spec.artifact.uri": "pvc://kubetrain-models/../etc/model.joblib"}, "uri", example=MV),
+    Case("mv-repeated-alias", {"spec.aliases": ["candidate", "candidate"]}, "aliases", example=MV),
+    Case("mv-unknown-deletion-policy", {"spec.deletionPolicy": "Shred"}, "deletionPolicy", example=MV),
+    Case(
+        "mv-env-from-both-refs",
+        {"spec.envFrom": [{"secretRef": {"name": "s3"}, "configMapRef": {"name": "s3"}}]},
+        "envFrom",
+        example=MV,
+    ),
+    Case("mv-env-from-no-ref", {"spec.envFrom": [{}]}, "envFrom", example=MV),
+    Case("mv-bad-service-account", {"spec.serviceAccountName": "Reader_SA"}, "serviceAccountName", example=MV),
 ]

@@ -298,13 +298,7 @@ def training_run_crd() -> dict[str, Any]:
             for r in ("cpu", "memory")
         ],
     )
-    spec["properties"]["envFrom"]["items"]["x-kubernetes-validations"] = [
-        {
-            "rule": "has(self.secretRef) != has(self.configMapRef)",
-            "message": "spec.envFrom entries need exactly one of secretRef or configMapRef",
-            "reason": "FieldValueInvalid",
-        }
-    ]
+    spec["properties"]["envFrom"]["items"]["x-kubernetes-validations"] = env_from_rules()
     _add_rules(
         spec,
         ["evaluation"],
@@ -339,6 +333,17 @@ def training_run_crd() -> dict[str, Any]:
     )
 
 
+def env_from_rules() -> list[dict[str, Any]]:
+    """CEL of one spec.envFrom entry (TrainingRun and ModelVersion): exactly one of the two references."""
+    return [
+        {
+            "rule": "has(self.secretRef) != has(self.configMapRef)",
+            "message": "spec.envFrom entries need exactly one of secretRef or configMapRef",
+            "reason": "FieldValueInvalid",
+        }
+    ]
+
+
 def model_version_crd() -> dict[str, Any]:
     spec = _schema_of(m.ModelVersionSpec)
     status = _schema_of(m.ModelVersionStatus)
@@ -350,6 +355,7 @@ def model_version_crd() -> dict[str, Any]:
             "reason": "FieldValueForbidden",
         }
     ]
+    spec["properties"]["envFrom"]["items"]["x-kubernetes-validations"] = env_from_rules()
     _add_rules(
         spec,
         ["aliases"],

@@ -784,6 +784,12 @@ class ModelVersionSpec(_Model):
     """Aliases this version asks for (production, candidate, ...); edit to promote."""
     deletion_policy: Literal["Retain", "Delete"] = "Retain"
     """Retain keeps the artifact when the ModelVersion is deleted; Delete removes it with a cleanup Job."""
+    env_from: Annotated[list[EnvFromSource], Field(max_length=8)] | None = None
+    """Secrets/ConfigMaps whose keys become the environment of the verification Job, e.g. S3 credentials and
+    endpoint for an s3:// artifact. Copied from the TrainingRun for run-created versions."""
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """ServiceAccount of the verification Job (e.g. for IRSA or workload identity); its token is mounted only
+    when this is set. Copied from the TrainingRun for run-created versions."""
 
     @field_validator("aliases")
     @classmethod

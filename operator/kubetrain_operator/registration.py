@@ -60,6 +60,11 @@ def build_model_version(
         },
         "aliases": list(run.spec.registration.aliases),
     }
+    # How to read the artifact, should the version ever need verifying (e.g. its run was deleted first).
+    if run.spec.env_from:
+        spec["envFrom"] = [e.dump() for e in run.spec.env_from]
+    if run.spec.service_account_name:
+        spec["serviceAccountName"] = run.spec.service_account_name
     if model.get("size") is not None:
         spec["artifact"]["size"] = int(model["size"])
     fingerprint = (result.dataset or {}).get("fingerprint")

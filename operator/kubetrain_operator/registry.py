@@ -526,13 +526,22 @@ def build_verify_job(mv: Mapping[str, Any], settings: Settings) -> dict[str, Any
     pvc:// artifacts: the claim is mounted read-only at ``<pvc mount root>/<claim>`` and
     ``KUBETRAIN_VERIFY_URI`` is ``file://`` + the mounted path of the file. The same path and checksum
     also go as ``--model``/``--sha256`` arguments, because a process-based node (the dev cluster's agent)
-    rewrites only values that *start* with a mount path. Other schemes pass the URI unchanged.
+    rewrites only values that *start* with a mount path. Other schemes pass the URI unchanged; their
+    credentials come from ``spec.envFrom`` / ``spec.serviceAccountName`` (as for a trainer: the explicit
+    ``KUBETRAIN_*`` variables win over envFrom keys, and the token is mounted only with a ServiceAccount).
     """
     art = mv["spec"]["artifact"]
     uri, sha = art["uri"], art["sha256"]
     command = ["python", "-m", "kubetrain_trainer", "verify"]
     env: list[dict[str, Any]] = [{"name": contract.ENV_VERIFY_SHA256, "value": sha}]
     pod, labels = _restricted_pod(mv, settings, COMPONENT_VERIFY, command, env)
+    env_from = mv["spec"].get("envFrom")
+    if env_from:
+        pod["spec"]["containers"][0]["envFrom"] = [dict(e) for e in env_from]
+    service_account = mv["spec"].get("serviceAccountName")
+    if service_account:
+        pod["spec"]["serviceAccountName"] = service_account
+        pod["spec"]["automountServiceAccountToken"] = True
     pvc = _pvc_location(uri, settings.pvc_mount_root)
     if pvc:
         claim, mount, path = pvc

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.s3server import moto_server
 
 from .conftest import Operator, Workspace, iris_frame, iris_run
@@ -65,9 +66,38 @@ def test_s3_dataset_and_output_through_env_from(workspace: Workspace, operator: 
     mv = ws.get("modelversion", done["status"]["modelVersion"])
     assert mv["spec"]["artifact"]["uri"] == model["uri"]
     assert mv["spec"]["source"]["dataset"] == "s3://kt-data/iris/iris.csv"
+    # The version records how its artifact is read (references only, never the values).
+    assert mv["spec"]["envFrom"] == run["spec"]["envFrom"]
     # The Secret's values reached only the pod, never the TrainingRun or the Job's spec.
     job = ws.get("job", done["status"]["jobName"])
     assert SECRET not in json.dumps(job) and SECRET not in json.dumps(ws.run("iris-s3"))
+
+    # The same s3:// model registered by hand: a verification Job downloads it with the credentials and
+    # endpoint of spec.envFrom, checks the sha256, loads it and predicts, and the version becomes Ready.
+    hand = {
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {"name": "iris-offline-v1"},
+        "spec": {
+            "model": "iris-offline",
+            "version": 1,
+            "artifact": {"uri": model["uri"], "sha256": model["sha256"]},
+            "envFrom": run["spec"]["envFrom"],
+        },
+    }
+    ws.apply(hand)
+
+    def settled() -> dict[str, Any] | None:
+        st = ws.get("modelversion", "iris-offline-v1").get("status") or {}
+        return st if st.get("phase") in ("Ready", "Failed") else None
+
+    st = wait_until("the hand-registered s3 version to settle", settled, timeout=120)
+    verified = next(c for c in st["conditions"] if c["type"] == "ArtifactVerified")
+    assert st["phase"] == "Ready" and verified["reason"] == "Verified", st
+    verify_job = ws.get("job", st["verificationJob"])
+    pod_spec = verify_job["spec"]["template"]["spec"]
+    assert pod_spec["containers"][0]["envFrom"] == run["spec"]["envFrom"]
+    assert SECRET not in json.dumps(verify_job) and SECRET not in json.dumps(ws.get("modelversion", "iris-offline-v1"))
 
 
 def test_s3_without_credentials_fails_clearly(workspace: Workspace, operator: Operator, s3_endpoint: str) -> None:

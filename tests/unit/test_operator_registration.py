@@ -59,3 +59,23 @@ def test_model_version_manifest() -> None:
     assert spec["source"]["params"] == {"max_depth": 3} and spec["source"]["datasetFingerprint"] == "sha256:abc"
     assert spec["runtime"] == {"python": "3.11.7", "scikitLearn": "1.9.1", "joblib": "1.6.0"}
     assert spec["metrics"] == {"accuracy": 0.97}
+
+
+def test_model_version_carries_the_runs_credentials_references() -> None:
+    """A run-created version records how its artifact is read (envFrom, serviceAccountName), so a later
+    verification Job (e.g. after its run was deleted) can read an s3:// model; no secret values are copied."""
+    result = contract.Result.from_json(
+        json.dumps(
+            {
+                "outcome": "Succeeded",
+                "reason": "Trained",
+                "model": {"uri": "s3://models/iris/model.joblib", "sha256": "c" * 64},
+            }
+        )
+    )
+    refs = [{"secretRef": {"name": "s3-creds"}}, {"configMapRef": {"name": "s3-endpoint"}}]
+    run = make_run(envFrom=refs, serviceAccountName="trainer-irsa")
+    spec = registration.build_model_version(run, UID, result, 1, "img:1")["spec"]
+    assert spec["envFrom"] == refs and spec["serviceAccountName"] == "trainer-irsa"
+    plain = registration.build_model_version(make_run(), UID, result, 1, "img:1")["spec"]
+    assert "envFrom" not in plain and "serviceAccountName" not in plain

@@ -351,6 +351,25 @@ def test_build_verify_job_s3() -> None:
     env = {e["name"]: e["value"] for e in _container(job)["env"]}
     assert env["KUBETRAIN_VERIFY_URI"] == "s3://bucket/iris/model.joblib"
     assert not any("persistentVolumeClaim" in v for v in job["spec"]["template"]["spec"]["volumes"])
+    # No credentials asked for: none given, and no ServiceAccount token.
+    assert "envFrom" not in _container(job) and "serviceAccountName" not in job["spec"]["template"]["spec"]
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_build_verify_job_s3_credentials_from_env_from_and_service_account() -> None:
+    mv = mv_obj(1, run=False, uri="s3://bucket/iris/model.joblib")
+    refs = [{"secretRef": {"name": "s3-creds"}}, {"configMapRef": {"name": "s3-endpoint"}}]
+    mv["spec"].update(envFrom=refs, serviceAccountName="model-reader")
+    job = r.build_verify_job(mv, Settings())
+    pod = job["spec"]["template"]["spec"]
+    assert _container(job)["envFrom"] == refs
+    assert pod["serviceAccountName"] == "model-reader" and pod["automountServiceAccountToken"] is True
+    # The operator's own variables stay explicit env entries (Kubernetes: env wins over envFrom keys).
+    names = [e["name"] for e in _container(job)["env"]]
+    assert names == ["KUBETRAIN_VERIFY_URI", "KUBETRAIN_VERIFY_SHA256"]
+    # The cleanup Job of the same version does not get them (it only touches pvc:// artifacts).
+    cleanup = r.build_cleanup_job(mv_obj(1, run=False), Settings(), "pvc://models/iris/run-a")
+    assert "envFrom" not in _container(cleanup)
 
 
 def test_cleanup_target_and_job() -> None:
