@@ -90,6 +90,17 @@ def test_iris_succeeds_in_restricted_namespace(workspace: Workspace, operator: O
     _quiet(ws, "iris")
 
 
+def test_xgboost_run_trains_and_registers(workspace: Workspace, operator: Operator) -> None:
+    """The optional xgboost estimator through the whole path (Job → pod → status → ModelVersion), on CPU."""
+    ws = workspace
+    ws.apply(iris_run("iris-xgb", estimator={"name": "xgboost", "params": {"n_estimators": 30, "max_depth": 3}}))
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/iris-xgb", "--timeout=90s")
+    st = ws.run("iris-xgb")["status"]
+    assert st["metrics"]["accuracy"] >= 0.85
+    mv = ws.get("modelversion", st["modelVersion"])
+    assert mv["spec"]["source"]["estimator"] == "xgboost"
+
+
 def test_bad_dataset_fails_data_invalid_with_one_pod(workspace: Workspace, operator: Operator) -> None:
     ws = workspace
     ws.write_csv("small.csv", iris_frame().head(20))

@@ -356,16 +356,24 @@ def test_unexpected_error_is_internal_and_retryable(cli: Any, tmp_path: Path, mo
     assert "Traceback" in run.stderr
 
 
-def test_xgboost_absent_or_without_cuda_is_config_invalid(cli: Any, tmp_path: Path) -> None:
-    import importlib.util
-
+def test_xgboost_with_gpus_but_no_cuda_is_config_invalid(cli: Any, tmp_path: Path) -> None:
+    """GPUs asked for, xgboost installed (the dev extra's CPU wheel), no CUDA device: a clear ConfigInvalid
+    before any data is read, never a silent CPU fallback."""
     data = tmp_path / "d"
     data.mkdir()
     spec = _spec(data, est="xgboost", resources={"gpus": 1})
     run = cli("run", "--config", str(write_config(tmp_path / "r.yaml", spec)), "--output", str(tmp_path / "out"))
     assert run.code == CONFIG
-    if importlib.util.find_spec("xgboost") is None:
-        assert "xgboost is not installed" in run.result["message"]
-    else:  # pragma: no cover - images with xgboost but no GPU
-        assert "CUDA" in run.result["message"]
+    assert "spec.resources.gpus" in run.result["message"] and "CUDA" in run.result["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_estimator_missing_from_the_image_is_config_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image built without an optional library (e.g. no xgboost extra) names the estimator and the fix."""
+    from kubetrain_trainer import estimators
+    from kubetrain_trainer.errors import ConfigInvalid
+
+    missing = {"classification": estimators._cls("kubetrain_no_such_module.Classifier")}
+    monkeypatch.setitem(estimators.CATALOGUE, "xgboost", missing)
+    with pytest.raises(ConfigInvalid, match="xgboost is not installed in this trainer image"):
+        estimators.estimator_class("xgboost", "classification")

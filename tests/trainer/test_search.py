@@ -31,6 +31,25 @@ def test_grid_search_picks_and_reports_best_params(cli: Any, data_dir: Path, tmp
     assert meta["estimator"]["params"]["n_neighbors"] == run.result["best_params"]["n_neighbors"]
 
 
+def test_grid_search_over_xgboost_params_uses_xgboosts_names(cli: Any, data_dir: Path, tmp_path: Path) -> None:
+    spec = spec_for(
+        (data_dir / "iris.csv").as_uri(),
+        "species",
+        "xgboost",
+        {"n_estimators": 20},
+        search={"strategy": "grid", "space": {"max_depth": [2, 4], "learning_rate": [0.1, 0.3]}, "cv": 3},
+    )
+    run = cli("run", "--config", str(write_config(tmp_path / "r.yaml", spec, name="xgb")), "--output", str(tmp_path))
+    assert run.code == 0, run.result
+    assert set(run.result["best_params"]) == {"max_depth", "learning_rate"}
+    assert run.result["metrics"]["accuracy"] >= 0.85
+    # A name xgboost does not know is refused before any training, naming the field.
+    spec["search"]["space"] = {"max_leaves_typo": [2, 4]}
+    cfg = write_config(tmp_path / "b.yaml", spec, name="xgb-bad")
+    bad = cli("run", "--config", str(cfg), "--output", str(tmp_path))
+    assert bad.code == contract.EXIT_CONFIG_INVALID and "max_leaves_typo" in bad.result["message"], bad.result
+
+
 def test_random_search_with_distributions_is_reproducible(cli: Any, data_dir: Path, tmp_path: Path) -> None:
     spec = spec_for(
         (data_dir / "diabetes.jsonl").as_uri(),

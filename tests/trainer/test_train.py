@@ -25,6 +25,7 @@ SMALL = {
     "linear_regression": {},
     "ridge": {"alpha": 1.0},
     "isolation_forest": {"n_estimators": 25},
+    "xgboost": {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.2},
 }
 
 CASES = [
@@ -43,6 +44,10 @@ CASES = [
     ("diabetes.jsonl", "progression", "regression", "extra_trees", "r2", 0.25),
     ("diabetes.jsonl", "progression", "regression", "hist_gradient_boosting", "r2", 0.2),
     ("diabetes.jsonl", "progression", "regression", "knn", "r2", 0.2),
+    # xgboost (the dev extra installs the CPU wheel): string labels, boolean labels, regression.
+    ("iris.csv", "species", "classification", "xgboost", "accuracy", 0.85),
+    ("breast_cancer.json", "malignant", "classification", "xgboost", "roc_auc", 0.95),
+    ("diabetes.jsonl", "progression", "regression", "xgboost", "r2", 0.2),
 ]
 
 
@@ -222,6 +227,21 @@ def test_same_config_and_data_give_same_metrics_and_model_bytes(cli: Any, data_d
     assert a.result["metrics"] == b.result["metrics"]
     assert a.result["model"]["sha256"] == b.result["model"]["sha256"]
     assert a.result["dataset"]["fingerprint"] == b.result["dataset"]["fingerprint"]
+
+
+def test_xgboost_is_reproducible_and_keeps_the_labels(cli: Any, data_dir: Path, tmp_path: Path) -> None:
+    spec = spec_for((data_dir / "wine.parquet").as_uri(), "cultivar", "xgboost", SMALL["xgboost"])
+    cfg = write_config(tmp_path / "run.yaml", spec, name="xgb")
+    a = cli("run", "--config", str(cfg), "--output", str(tmp_path / "a"))
+    b = cli("run", "--config", str(cfg), "--output", str(tmp_path / "b"))
+    assert a.code == b.code == 0, a.result
+    assert a.result["metrics"] == b.result["metrics"]
+    assert a.result["model"]["sha256"] == b.result["model"]["sha256"]
+    model = joblib.load(tmp_path / "a" / "xgb" / "model.joblib")
+    labels = sorted(pd.read_parquet(data_dir / "wine.parquet")["cultivar"].unique())
+    assert list(model.classes_) == labels
+    X = pd.read_parquet(data_dir / "wine.parquet").drop(columns=["cultivar"]).head(5)
+    assert set(model.predict(X)) <= set(labels) and model.predict_proba(X).shape == (5, len(labels))
 
 
 def test_threshold_miss_is_exit_12_with_metrics_and_no_artifact(cli: Any, data_dir: Path, tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ CATALOGUE: dict[str, dict[str, Callable[[], type]]] = {
     },
     "isolation_forest": {ANOMALY: _cls("sklearn.ensemble.IsolationForest")},
     "xgboost": {
-        CLASSIFICATION: _cls("xgboost.XGBClassifier"),
+        CLASSIFICATION: _cls("kubetrain_trainer.xgb.XGBLabelClassifier"),
         REGRESSION: _cls("xgboost.XGBRegressor"),
     },
 }
@@ -142,7 +142,9 @@ def build_estimator(
 def validate_params(est: BaseEstimator, where: str) -> None:
     """scikit-learn's own parameter constraints, checked before any data is touched."""
     check = getattr(est, "_validate_params", None)
-    if check is None:
+    # Only estimators that declare constraints can be checked (xgboost inherits the method from
+    # BaseEstimator without the table it reads).
+    if check is None or not hasattr(est, "_parameter_constraints"):
         return
     try:
         check()
