@@ -101,7 +101,12 @@ def _download_model(uri: str, dest: Path) -> Path:
         for extra in (contract.METADATA_FILE, contract.CHECKSUM_FILE):
             if fs.exists(f"{base}/{extra}"):
                 fs.get_file(f"{base}/{extra}", str(dest / extra))
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        from .data import hidden_cause
+
+        cause = hidden_cause(exc)
+        if cause is not None:
+            raise VerifyFailed(f"cannot read the model at {uri}: {type(cause).__name__}: {cause}") from None
         raise VerifyFailed(f"model not found at {uri}") from None
     except PermissionError as exc:
         from .data import CREDENTIALS_HINT

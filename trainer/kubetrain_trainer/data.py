@@ -93,6 +93,9 @@ def fetch_remote(uri: str, dest_dir: Path) -> Path:
     except ImportError as exc:
         raise ConfigInvalid(f"cannot read {uri}: missing optional dependency ({exc.name})") from None
     except FileNotFoundError as exc:
+        cause = hidden_cause(exc)
+        if cause is not None:
+            raise DataInvalid(f"cannot read dataset {uri}: {type(cause).__name__}: {_short(cause)}") from None
         raise DataInvalid(f"dataset {uri} not found ({_short(exc)})") from None
     except PermissionError as exc:
         hint = f"; {CREDENTIALS_HINT}" if uri.startswith("s3://") else ""
@@ -100,6 +103,23 @@ def fetch_remote(uri: str, dest_dir: Path) -> Path:
     except Exception as exc:
         raise DataInvalid(f"cannot read dataset {uri}: {type(exc).__name__}: {_short(exc)}") from None
     return dest
+
+
+def hidden_cause(exc: BaseException) -> BaseException | None:
+    """The connection or TLS failure behind a FileNotFoundError, or None for a real "not found".
+
+    fsspec's HTTP filesystem raises FileNotFoundError for *any* failure of its request (an untrusted
+    certificate, a refused connection, an unknown host) with the real error chained; reporting those as
+    "not found" would send the user looking for a file that is there.
+    """
+    seen: set[int] = set()
+    cur = exc.__cause__ or exc.__context__
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and not isinstance(cur, FileNotFoundError):
+            return cur  # ssl.SSLError, ConnectionError, aiohttp's ClientOSError family, socket.gaierror
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def check_bucket(uri: str, field: str) -> None:
