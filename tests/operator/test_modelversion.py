@@ -174,6 +174,36 @@ def test_run_versions_and_alias_promotion(
     assert "production" in wide and "accuracy=" in wide
 
 
+def test_ready_is_written_together_with_the_aliases(
+    cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
+) -> None:
+    """No reader ever sees a Ready version without the aliases it wins: every watch event of the version
+    that shows Ready already shows them (protected ``production`` included, for a run that passed)."""
+    operator_factory()
+    template = '{.metadata.name}|{.status.phase}|{.status.aliases}{"\\n"}'
+    watch = subprocess.Popen(
+        ["kubectl", "get", "mv", "-n", ns, "--watch", "-o", f"jsonpath={template}"],
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1)  # the watch is established before the version exists
+        run = training_run("iris-w")
+        run["spec"]["register"] = {"aliases": ["candidate", "production"]}
+        cluster.apply(run, ns)
+        wait_phase(cluster, ns, "iris-v1", "Ready", 120)
+        time.sleep(2)  # the trailing writes (if any) reach the watch
+    finally:
+        watch.terminate()
+        out, err = watch.communicate(timeout=10)
+    events = [line.split("|") for line in out.splitlines() if line.startswith("iris-v1|")]
+    ready = [json.loads(aliases) if aliases else [] for _, phase, aliases in events if phase == "Ready"]
+    assert ready, (out, err)
+    assert all(a == ["candidate", "production"] for a in ready), f"a Ready event without its aliases: {events}"
+
+
 def test_hand_registered_verification_protection_and_delete_policy(
     cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
 ) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -271,8 +271,15 @@ async def _write_phase(
             patch["passedThresholds"] = passed
         if job:
             patch["verificationJob"] = job
+        alias_events: list[dict[str, Any]] = []
+        if phase == PHASE_READY:
+            # The aliases this version wins go out in the same write as Ready, so no reader ever sees a
+            # Ready version without them; other versions that lose an alias follow in sync_model.
+            alias_patch, alias_events = await _aliases_when_ready(fresh, patch)
+            patch.update(alias_patch)
         await kube.patch_model_version_status(meta["namespace"], meta["name"], patch)
     logger.info("phase %s (%s): %s", phase, reason, message)
+    _alias_events(mv, alias_events, logger)
     if phase == PHASE_FAILED:
         _warn(mv, reason=reason, message=message[:1024])
     elif phase == PHASE_READY:
@@ -335,6 +342,37 @@ async def _termination_message(namespace: str, job_name: str) -> str | None:
 # ---- aliases and retention ----------------------------------------------------------------------------
 
 
+async def _aliases_when_ready(
+    fresh: dict[str, Any], phase_patch: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The alias fields of ``fresh`` as if ``phase_patch`` (phase Ready) were written, computed over all
+    versions of its model like ``sync_model``. Call under the model's lock."""
+    meta = fresh["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    synthetic = {**fresh, "status": {**(fresh.get("status") or {}), **phase_patch}}
+    objs = [
+        o for o in await kube.list_versions_of_model(namespace, fresh["spec"]["model"]) if o["metadata"]["name"] != name
+    ]
+    objs.append(synthetic)
+    now = _now(micro=True)
+    outcomes = registry.resolve_aliases(
+        [registry.VersionView.from_obj(o) for o in objs], get_settings().protected_aliases, now
+    )
+    outcome = outcomes[name]
+    return registry.alias_status_patch(synthetic, outcome, now) or {}, list(outcome.new_events)
+
+
+def _alias_events(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]], logger: Log) -> None:
+    """Log and post the alias moves written to ``obj``'s status."""
+    name = obj["metadata"]["name"]
+    for event in events:
+        logger.info("alias %s %s on %s: %s", event["alias"], event["action"], name, event["message"])
+        if event["action"] == "Refused":
+            _warn(obj, reason="AliasRefused", message=event["message"])
+        elif event["action"] in ("Assigned", "Superseded"):
+            _info(obj, reason=f"Alias{event['action']}", message=event["message"])
+
+
 async def sync_model(namespace: str, model: str, logger: Log) -> None:
     """Recompute the effective aliases of every version of ``model``; patch only the statuses that change."""
     settings = get_settings()
@@ -357,12 +395,7 @@ async def sync_model(namespace: str, model: str, logger: Log) -> None:
                 if kube.is_not_found(exc):
                     continue
                 raise
-            for event in outcome.new_events:
-                logger.info("alias %s %s on %s: %s", event["alias"], event["action"], name, event["message"])
-                if event["action"] == "Refused":
-                    _warn(obj, reason="AliasRefused", message=event["message"])
-                elif event["action"] in ("Assigned", "Superseded"):
-                    _info(obj, reason=f"Alias{event['action']}", message=event["message"])
+            _alias_events(obj, outcome.new_events, logger)
 
 
 async def apply_retention(namespace: str, model: str, logger: Log) -> None:
