@@ -6,6 +6,7 @@ Functions take and return plain dicts (manifests as stored), so the rest of the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kubetrain_api.models import GROUP, VERSION
@@ -19,6 +20,12 @@ FIELD_MANAGER = "kubetrain-operator"
 
 TrainingRunResource = create_namespaced_resource(GROUP, VERSION, "TrainingRun", "trainingruns")
 ModelVersionResource = create_namespaced_resource(GROUP, VERSION, "ModelVersion", "modelversions")
+# Kueue's Workloads (read-only, optional): v1beta2 since Kueue 0.15, v1beta1 before.
+KUEUE_WORKLOADS = [
+    create_namespaced_resource("kueue.x-k8s.io", v, "Workload", "workloads") for v in ("v1beta2", "v1beta1")
+]
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+log = logging.getLogger(__name__)
 
 _client: AsyncClient | None = None
 
@@ -170,3 +177,26 @@ async def delete_model_version(namespace: str, name: str) -> None:
     except ApiError as exc:
         if not is_not_found(exc):
             raise
+
+
+async def kueue_admission_message(namespace: str, job_uid: str) -> str | None:
+    """Why Kueue has not admitted a Job yet: the message of its Workload's ``QuotaReserved=False``
+    condition (e.g. "couldn't assign flavors ...: insufficient quota for cpu ..."). None when there is no
+    such Workload yet, Kueue is not installed, or the operator may not read Workloads — it is a hint only."""
+    for resource in KUEUE_WORKLOADS:
+        try:
+            items = [
+                _dict(i)
+                async for i in client().list(resource, namespace=namespace, labels={KUEUE_JOB_UID_LABEL: job_uid})
+            ]
+        except ApiError as exc:
+            if exc.status.code == 404:
+                continue  # this API version (or Kueue) is not served
+            log.debug("cannot read Kueue Workloads in %s: %s", namespace, exc)
+            return None
+        for workload in items:
+            for cond in (workload.get("status") or {}).get("conditions") or ():
+                if cond.get("type") == "QuotaReserved" and cond.get("status") == "False" and cond.get("message"):
+                    return str(cond["message"])
+        return None
+    return None

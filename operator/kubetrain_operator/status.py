@@ -190,13 +190,19 @@ class Outcome:
         return self.phase in TERMINAL_PHASES
 
 
+#: Longest piece of Kueue's admission message kept in the run's status.
+QUEUE_DETAIL_MAX = 600
+
+
 def observe(
     run: TrainingRun,
     job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
     now: dt.datetime,
+    queue_detail: str | None = None,
 ) -> Outcome:
-    """Classify the run from its Job and the Job's pods."""
+    """Classify the run from its Job and the Job's pods. ``queue_detail``: why Kueue has not admitted the
+    Job yet (its Workload's QuotaReserved message), shown while the run is Queued."""
     prev = run.status
     if job is None:
         if prev and prev.job_name:
@@ -237,7 +243,10 @@ def observe(
         if run.spec.suspend:
             return Outcome(SUSPENDED, REASON_SUSPENDED, "spec.suspend is true", attempts=attempts)
         if run.spec.queue_name:
-            return Outcome(QUEUED, REASON_QUEUED, f"waiting for admission by queue {run.spec.queue_name}")
+            message = f"waiting for admission by queue {run.spec.queue_name}"
+            if queue_detail:
+                message += f": {' '.join(queue_detail.split())[:QUEUE_DETAIL_MAX]}"
+            return Outcome(QUEUED, REASON_QUEUED, message)
         return Outcome(PENDING, REASON_POD_PENDING, "resuming the trainer Job")
 
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):

@@ -78,6 +78,7 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
         ("list", "pods"),
         ("get", "pods/log"),
         ("create", "events"),
+        ("list", "workloads.kueue.x-k8s.io"),
     ]:
         assert can(verb, resource), f"{sa} cannot {verb} {resource}"
     for verb, resource in [
@@ -87,6 +88,7 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
         ("get", "secrets"),
         ("create", "pods"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("patch", "workloads.kueue.x-k8s.io"),
     ]:
         assert not can(verb, resource), f"{sa} should not {verb} {resource}"
 

@@ -184,6 +184,21 @@ def test_observe(case: str, given: dict[str, Any], expected: tuple[str, str]) ->
     assert (outcome.phase, outcome.reason) == expected, outcome.message
 
 
+def test_queued_message_carries_kueues_reason_and_no_deadline_runs() -> None:
+    run = make_run(queueName="team-a", startupDeadlineSeconds=30)
+    later = NOW + dt.timedelta(hours=3)  # far past the start-up deadline: queue waits are not start-up failures
+    plain = st.observe(run, job(suspend=True), [], later)
+    assert (plain.phase, plain.message) == ("Queued", "waiting for admission by queue team-a")
+    why = "couldn't assign flavors to pod set main:\n insufficient quota for cpu in flavor default, " + "x" * 2000
+    detailed = st.observe(run, job(suspend=True), [], later, why)
+    assert detailed.phase == "Queued" and not detailed.delete_job
+    assert detailed.message.startswith("waiting for admission by queue team-a: couldn't assign flavors")
+    assert "\n" not in detailed.message and len(detailed.message) < 700
+    # A run the user suspended is Suspended, whatever Kueue says.
+    suspended = st.observe(make_run(queueName="team-a", suspend=True), job(suspend=True), [], later, why)
+    assert suspended.phase == "Suspended"
+
+
 def test_startup_deadline_asks_for_a_recheck_and_deletion() -> None:
     run = make_run(startupDeadlineSeconds=100)
     waiting = st.observe(run, job(active=1), [pod("Pending", unschedulable=True)], NOW)
