@@ -26,6 +26,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 MAX_RUN_NAME = 52
 MAX_MODEL_NAME = 50
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: Object names such as Secrets, ServiceAccounts and PriorityClasses (RFC 1123 subdomain).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ALIAS_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 # An OCI reference: registry/path:tag or @sha256:digest, no whitespace or shell metacharacters.
@@ -423,7 +425,7 @@ class Toleration(_Model):
 class LocalObjectRef(_Model):
     """A Secret or ConfigMap in the run's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """Object name."""
 
 
@@ -482,7 +484,7 @@ class TrainingRunSpec(_Model):
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Pod affinity (core/v1 Affinity), passed through."""
-    priority_class_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """PriorityClass of the trainer pod."""
     queue_name: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
     """Kueue LocalQueue; the Job is created suspended with kueue.x-k8s.io/queue-name for Kueue to admit."""
@@ -491,7 +493,7 @@ class TrainingRunSpec(_Model):
     env_from: Annotated[list[EnvFromSource], Field(max_length=8)] | None = None
     """Secrets/ConfigMaps whose keys become the trainer's environment, e.g. S3 credentials and endpoint.
     The operator's own KUBETRAIN_* variables always take precedence."""
-    service_account_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """ServiceAccount of the trainer pod (e.g. for IRSA or workload identity); its token is mounted only when
     this is set."""
     backoff_limit: int = Field(default=2, ge=0, le=10)
@@ -787,7 +789,7 @@ class ModelVersionSpec(_Model):
     env_from: Annotated[list[EnvFromSource], Field(max_length=8)] | None = None
     """Secrets/ConfigMaps whose keys become the environment of the verification Job, e.g. S3 credentials and
     endpoint for an s3:// artifact. Copied from the TrainingRun for run-created versions."""
-    service_account_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """ServiceAccount of the verification Job (e.g. for IRSA or workload identity); its token is mounted only
     when this is set. Copied from the TrainingRun for run-created versions."""
 

@@ -189,6 +189,16 @@ def desired_suspend(run: TrainingRun) -> bool | None:
     return False
 
 
+def service_account_fields(name: str | None) -> dict[str, Any]:
+    """Pod spec fields for a ServiceAccount the user names (IRSA, workload identity): its token is mounted
+    only then, never the namespace's default one. Trainer and verification pods alike."""
+    return (
+        {"automountServiceAccountToken": True, "serviceAccountName": name}
+        if name
+        else {"automountServiceAccountToken": False}
+    )
+
+
 def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
     """The trainer Job manifest of ``run`` (whose metadata.uid is ``uid``)."""
     name = run.metadata["name"]
@@ -222,9 +232,7 @@ def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[st
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        # A token only for a ServiceAccount the user names (IRSA, workload identity); never the default one.
-        "automountServiceAccountToken": bool(spec.service_account_name),
-        **({"serviceAccountName": spec.service_account_name} if spec.service_account_name else {}),
+        **service_account_fields(spec.service_account_name),
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,

@@ -31,6 +31,7 @@ from typing import Any
 from kubetrain_api.models import API_VERSION, DEFAULT_PRIMARY_METRIC
 from kubetrain_trainer import contract
 
+from .jobs import service_account_fields
 from .settings import Settings
 
 # ---- labels, components, reasons ----------------------------------------------------------------------
@@ -538,10 +539,7 @@ def build_verify_job(mv: Mapping[str, Any], settings: Settings) -> dict[str, Any
     env_from = mv["spec"].get("envFrom")
     if env_from:
         pod["spec"]["containers"][0]["envFrom"] = [dict(e) for e in env_from]
-    service_account = mv["spec"].get("serviceAccountName")
-    if service_account:
-        pod["spec"]["serviceAccountName"] = service_account
-        pod["spec"]["automountServiceAccountToken"] = True
+    pod["spec"].update(service_account_fields(mv["spec"].get("serviceAccountName")))
     pvc = _pvc_location(uri, settings.pvc_mount_root)
     if pvc:
         claim, mount, path = pvc

@@ -238,10 +238,11 @@ async def reconcile(namespace: str, name: str, state: _RunState, settings: Setti
         job = await _sync_job(job, run)
 
     pods = await kube.list_job_pods(namespace, jname) if job is not None else []
-    queue_detail = None
-    if job is not None and run.spec.queue_name and not run.spec.suspend and (job.get("spec") or {}).get("suspend"):
+    outcome = status.observe(run, job, pods, now)
+    if outcome.phase == status.QUEUED and job is not None:
         queue_detail = await kube.kueue_admission_message(namespace, job["metadata"]["uid"])
-    outcome = status.observe(run, job, pods, now, queue_detail)
+        if queue_detail:
+            outcome = status.observe(run, job, pods, now, queue_detail)
 
     crashed = outcome.exit_code not in contract.TERMINAL_EXIT_CODES
     if outcome.phase == status.FAILED and outcome.failed_pod and not outcome.log_tail and crashed:
