@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .test_install_artifacts import REPO, _bins
+from tests.unit.test_install_artifacts import REPO, _bins
 
 pytestmark = pytest.mark.slow
 CHECKOV = Path(sys.executable).parent / "checkov"
