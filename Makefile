@@ -16,7 +16,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3]'
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)
