@@ -16,7 +16,7 @@ import yaml
 
 from . import core
 from .core import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, PluginError
-from .kube import Api
+from .kube import Api, Conflict
 
 OUTPUTS = ("table", "json", "yaml")
 TERMINAL = ("Succeeded", "Failed")
@@ -125,10 +125,20 @@ def _wait_released(api: Api, model: str, alias: str, keeper: str, timeout: float
         time.sleep(0.5)
 
 
-def _claim(api: Api, obj: dict[str, Any], aliases: list[str]) -> int:
-    """Patch spec.aliases of ``obj``; the generation the operator must observe."""
-    patched = api.patch_aliases(core.name_of(obj), core.aliases_patch(obj, aliases))
-    return int(patched["metadata"].get("generation") or 0)
+def _claim(api: Api, obj: dict[str, Any], edit: Callable[[list[str]], list[str]], attempts: int = 5) -> int:
+    """Patch spec.aliases of ``obj`` to ``edit(current aliases)``; the generation the operator must observe.
+    The patch is guarded by resourceVersion; on a conflict (the operator wrote status meanwhile) the object
+    is read again and the edit re-applied."""
+    for attempt in range(attempts):
+        aliases = list((obj.get("spec") or {}).get("aliases") or ())
+        try:
+            patched = api.patch_aliases(core.name_of(obj), core.aliases_patch(obj, edit(aliases)))
+            return int(patched["metadata"].get("generation") or 0)
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+            obj = api.model_version(core.name_of(obj))
+    raise AssertionError("unreachable")
 
 
 def _move(api: Api, target: dict[str, Any], alias: str, timeout: float, verb: str, why: str = "") -> None:
@@ -145,17 +155,16 @@ def _move(api: Api, target: dict[str, Any], alias: str, timeout: float, verb: st
     else:
         fresh_claim = alias not in spec_aliases
         if fresh_claim:
-            generation = _claim(api, target, core.with_alias(spec_aliases, alias))  # a new claim: the newest wins
+            generation = _claim(api, target, lambda a: core.with_alias(a, alias))  # a new claim: the newest wins
         else:
             # target claims it already but a newer claim beats it: withdraw the current holder's claim.
             generation = int(target["metadata"].get("generation") or 0)
             if before is not None and alias in (before["spec"].get("aliases") or ()):
-                _claim(api, before, core.without_alias(before["spec"].get("aliases") or (), alias))
+                _claim(api, before, lambda a: core.without_alias(a, alias))
         outcome, _ = _wait(api, name, alias, generation, timeout, superseded_is_final=fresh_claim)
     if outcome.state == "refused":
         if alias not in spec_aliases:  # withdraw the refused claim: the alias stays where it was
-            fresh = api.model_version(name)
-            _claim(api, fresh, core.without_alias(fresh["spec"].get("aliases") or (), alias))
+            _claim(api, api.model_version(name), lambda a: core.without_alias(a, alias))
         held = f"; {alias} stays with {before_name}" if before_name else ""
         raise PluginError(f"{verb} refused: {outcome.message}{held}", EXIT_REFUSED)
     if outcome.state == "superseded":
@@ -163,7 +172,7 @@ def _move(api: Api, target: dict[str, Any], alias: str, timeout: float, verb: st
     # the alias moved: withdraw the old holder's claim too (what a tidy user does), then wait until it lets go
     for v in core.versions_of(api.model_versions(), model):
         if core.name_of(v) != name and alias in (v["spec"].get("aliases") or ()):
-            _claim(api, v, core.without_alias(v["spec"].get("aliases") or (), alias))
+            _claim(api, v, lambda a: core.without_alias(a, alias))
     versions = _wait_released(api, model, alias, name, max(1.0, timeout - (time.monotonic() - started)))
     final = next(v for v in versions if core.name_of(v) == name)
     if alias not in (core.status_of(final).get("aliases") or ()):

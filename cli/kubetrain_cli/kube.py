@@ -59,6 +59,10 @@ def load_config(kubeconfig: str | None, context: str | None) -> KubeConfig:
         raise PluginError("no kubeconfig found (set KUBECONFIG or pass --kubeconfig)") from exc
 
 
+class Conflict(PluginError):
+    """The object changed since it was read (resourceVersion precondition failed)."""
+
+
 class Api:
     """Typed-enough access to the objects the plugin reads and the one field it writes (spec.aliases)."""
 
@@ -153,7 +157,7 @@ class Api:
             obj = self.client.patch(ModelVersion, name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
         except ApiError as exc:
             if exc.status.code == 409:
-                raise PluginError(f"ModelVersion {name} changed while patching; run the command again") from exc
+                raise Conflict(f"ModelVersion {name} changed while patching") from exc
             if exc.status.code == 404:
                 raise PluginError(
                     f"ModelVersion {name} not found in namespace {self.namespace}", EXIT_NOT_FOUND

@@ -306,3 +306,32 @@ def test_krew_manifest_matches_the_archive_and_the_entry_point() -> None:
     with tarfile.open(fileobj=io.BytesIO(module["archive"]()), mode="r:gz") as tar:
         shim = tar.getmember("kubectl-kubetrain")
         assert shim.mode & 0o111 and b"-m kubetrain_cli" in tar.extractfile(shim).read()  # type: ignore[union-attr]
+
+
+def test_claim_rereads_and_retries_on_a_conflict() -> None:
+    """The operator writes status between our read and our patch: the edit is re-applied to a fresh read."""
+    from kubetrain_cli.cli import _claim
+    from kubetrain_cli.kube import Conflict
+
+    class FakeApi:
+        def __init__(self) -> None:
+            self.patches: list[dict[str, Any]] = []
+
+        def patch_aliases(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+            self.patches.append(patch)
+            if len(self.patches) == 1:
+                raise Conflict("changed")
+            return {"metadata": {"generation": 7}}
+
+        def model_version(self, name: str) -> dict[str, Any]:
+            fresh = mv(name, 1, spec_aliases=["candidate"])
+            fresh["metadata"]["resourceVersion"] = "43"
+            return fresh
+
+    api = FakeApi()
+    stale = mv("iris-v1", 1)
+    assert _claim(api, stale, lambda a: core.with_alias(a, "production")) == 7  # type: ignore[arg-type]
+    assert api.patches == [
+        {"metadata": {"resourceVersion": "42"}, "spec": {"aliases": ["production"]}},
+        {"metadata": {"resourceVersion": "43"}, "spec": {"aliases": ["candidate", "production"]}},
+    ]
