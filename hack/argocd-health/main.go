@@ -1,5 +1,5 @@
 // argocd-health runs an Argo CD resource health script the way Argo CD does: gopher-lua (Lua 5.1) with
-// only the package, base and table libraries open, the object as the global `obj` (decoded like Argo
+// the package, base and table libraries open (Argo CD also preloads a reduced os, unused by our scripts), the object as the global `obj` (decoded like Argo
 // CD's decodeValue), a one-second deadline, and the returned table checked for a known health status.
 //
 //	argocd-health health.lua < object.json   →   {"status": "...", "message": "..."}
