@@ -16,17 +16,19 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3]'
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)
 
-# System tools the tests use: Prometheus and promtool (Debian's package), openssl for the dev cluster's PKI.
+# System tools the tests use: Prometheus and promtool (Debian's package), openssl for the dev cluster's PKI,
+# headless Chromium for the model report test (tests/trainer/test_report.py).
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
-		echo "installing prometheus, openssl (apt-get)"; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v openssl >/dev/null \
+		&& command -v chromium >/dev/null || { \
+		echo "installing prometheus, openssl, chromium (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus openssl >/dev/null; }
+			prometheus openssl chromium >/dev/null; }
 
 manifests:
 	hack/render-manifests

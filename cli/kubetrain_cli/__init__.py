@@ -1,0 +1,1 @@
+"""``kubectl kubetrain``: compare, promote, roll back and explain kubetrain objects with your kubeconfig."""
