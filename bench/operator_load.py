@@ -356,13 +356,16 @@ class Operator:
         return out
 
     async def requests(self) -> dict[str, float]:
+        return dict((await self.stats())["requests"])
+
+    async def stats(self) -> dict[str, Any]:
         for _ in range(50):
             try:
                 async with (
                     aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
                     s.get(f"http://127.0.0.1:{self.stats_port}/") as r,
                 ):
-                    return dict((await r.json())["requests"])
+                    return dict(await r.json())
             except (TimeoutError, aiohttp.ClientError, OSError):
                 if not self.alive():
                     rc = self.proc and self.proc.returncode
@@ -626,6 +629,7 @@ async def run_load(
         if spy is not None:
             stop_py_spy(spy)
             spy = None
+            result["profile_wall_s"] = round(time.monotonic() - t0, 1)
         cpu1, req1 = op.cpu_seconds(), await op.requests()
         m1 = parse_request_totals(await api.metrics())
         reqs = counter_delta(req1, req0)
@@ -1016,6 +1020,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 op.start(["--namespace", NS])
                 try:
                     await op.wait_ready()
+                    effective = (await op.stats())["settings"]
+                    log(f"{variant}: effective kopf settings {effective}")
                     template = await template_job(api, repo, op)
                     await clean_namespace(api, NS, 120)
                     await op.settle(30)
@@ -1028,10 +1034,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         )
                         if profile_dir is not None and load.rate is None:
                             tag = re.sub(r"[^a-z0-9]+", "", load.name.lower())
-                            res["profile"] = summarise_profile(profile_dir / f"py-spy-{variant}-{tag}.txt")
+                            res["profile"] = prof = summarise_profile(profile_dir / f"py-spy-{variant}-{tag}.txt")
+                            if prof.get("samples") and res.get("profile_wall_s"):
+                                prof["busy_pct_of_wall"] = round(
+                                    100 * prof["samples"] / (50 * res["profile_wall_s"]), 1
+                                )
                         log(f"{variant}: {load.name}: {summary_line(res)}")
                         results.append(res)
-                    report["loads"][variant] = {"memory_at_start_mib": start_mem, "results": results}
+                    report["loads"][variant] = {
+                        "effective_settings": effective,
+                        "memory_at_start_mib": start_mem,
+                        "results": results,
+                    }
                 finally:
                     op.stop()
                 write_reports(report, args)  # partial reports survive a later failure
@@ -1110,6 +1124,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += [
             f"### `{variant}`",
             "",
+            f"Effective kopf settings (read back from the running operator): `{data.get('effective_settings')}`; "
             f"RSS at start (idle, after one warm-up run): {data['memory_at_start_mib']}",
             "",
             "| load | who | done | p50 ms | p99 ms | max ms | runs/s | ratio | CPU s | CPU share "
@@ -1139,7 +1154,8 @@ def markdown(report: dict[str, Any]) -> str:
             prof = last.get("profile")
             if prof and prof.get("samples"):
                 out += [
-                    f"py-spy during {last['load']} ({prof['samples']} samples at 50 Hz of non-idle threads; "
+                    f"py-spy during {last['load']} ({prof['samples']} samples at 50 Hz of non-idle threads over "
+                    f"{last.get('profile_wall_s')} s: busy {prof.get('busy_pct_of_wall')} % of the wall time; "
                     "leaf buckets):",
                     "",
                     "```",

@@ -83,11 +83,16 @@ def _instrument() -> None:
         module.AsyncClient.send = counted_send
 
 
-async def _serve_stats(port: int) -> Any:
+async def _serve_stats(port: int, settings: Any) -> Any:
     from aiohttp import web
 
     async def stats(_: web.Request) -> web.Response:
-        return web.json_response({"requests": dict(COUNTS), "pid": os.getpid()})
+        effective = {
+            "queueing.worker_limit": settings.queueing.worker_limit,
+            "queueing.idle_timeout": settings.queueing.idle_timeout,
+            "log:kopf.objects": logging.getLevelName(logging.getLogger("kopf.objects").getEffectiveLevel()),
+        }
+        return web.json_response({"requests": dict(COUNTS), "pid": os.getpid(), "settings": effective})
 
     app = web.Application()
     app.router.add_get("/", stats)
@@ -131,7 +136,7 @@ def main() -> int:
             settings.queueing.idle_timeout,
         )
         if stats_port:
-            runner.append(await _serve_stats(stats_port))
+            runner.append(await _serve_stats(stats_port, settings))
 
     # Logger levels after the operator's own logging set-up (kopf.configure runs inside entry.main).
     original_configure = kopf.configure
