@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help tools manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench clean
+.PHONY: help tools manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick clean
 
 help:
 	@echo "make demo      local control plane + operator + the iris example trained"
 	@echo "make test      lint, types and every test tier (unit + real cluster)"
 	@echo "make venv      the project's virtualenv (.venv) with all extras"
 	@echo "make crds      regenerate crds/ (and the chart's copy) from the typed API"
+	@echo "make bench     trainer overhead + operator load benchmarks (long); make bench-quick: a few minutes"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -68,8 +69,14 @@ cluster-down:
 demo: venv
 	hack/demo
 
+# Benchmarks (reports in bench/reports/). The operator benchmark starts the dev cluster (set KUBETRAIN_RUN_DIR
+# for a private one); BENCH_ARGS passes options, e.g. BENCH_ARGS="--repo ../other-checkout --soak-seconds 120".
 bench: venv
 	$(BIN)/python bench/trainer_overhead.py
+	$(BIN)/python bench/operator_load.py $(BENCH_ARGS)
+
+bench-quick: venv
+	$(BIN)/python bench/operator_load.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
