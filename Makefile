@@ -23,17 +23,17 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # System tools the tests use: Prometheus and promtool (Debian's package), openssl for the dev cluster's PKI;
-# buildah, runc and debootstrap for the images (hack/build-images), flock (util-linux) for its cache lock.
+# buildah, runc, debootstrap and strip (binutils) for the images (hack/build-images), flock (util-linux).
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
 		echo "installing prometheus, openssl (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			prometheus openssl >/dev/null; }
 	@command -v buildah >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
-		&& command -v flock >/dev/null || { \
-		echo "installing buildah, runc, debootstrap (apt-get)"; \
+		&& command -v strip >/dev/null && command -v flock >/dev/null || { \
+		echo "installing buildah, runc, debootstrap, binutils (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			buildah runc debootstrap util-linux >/dev/null; }
+			buildah runc debootstrap binutils util-linux >/dev/null; }
 
 # The trainer and operator images (buildah; cached by input hash). Prints *_IMAGE, *_ARCHIVE, *_IMAGE_ID.
 images: tools
