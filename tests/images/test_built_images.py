@@ -310,3 +310,41 @@ def test_a_source_change_rebuilds_only_the_last_layer(built: dict[str, str], tmp
         print(f"trainer rebuild after a source change: {elapsed:.1f} s")
     finally:
         subprocess.run(["buildah", "rmi", image], capture_output=True)
+
+
+@pytest.mark.skipif(
+    shutil.which("containerd") is None or shutil.which("ctr") is None, reason="containerd not installed"
+)
+def test_containerd_imports_the_archive_under_its_name_with_the_printed_id(
+    built: dict[str, str], tmp_path: Path
+) -> None:
+    """`ctr -n k8s.io images import` (what the dev cluster's nodes do) names the image after the archive's ref and
+    keeps the config digest that hack/build-images printed: the id the kubelet reports for it. A private containerd
+    (own socket, root and state, CRI plugin off) so that no node of a running dev cluster is touched."""
+    root = tmp_path / "ctrd"
+    root.mkdir()
+    sock = root / "containerd.sock"
+    (root / "config.toml").write_text(
+        f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+    )
+    log = (root / "containerd.log").open("w")
+    daemon = subprocess.Popen(["containerd", "--config", str(root / "config.toml")], stdout=log, stderr=log)
+    ctr = ["ctr", "--address", str(sock), "-n", "k8s.io"]
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([*ctr, "version"], capture_output=True).returncode != 0:
+            assert daemon.poll() is None and time.monotonic() < deadline, (root / "containerd.log").read_text()[-2000:]
+            time.sleep(0.3)
+        subprocess.run(
+            [*ctr, "images", "import", built["OPERATOR_ARCHIVE"]], check=True, capture_output=True, timeout=300
+        )
+        listed = subprocess.run([*ctr, "images", "ls"], check=True, capture_output=True, text=True).stdout
+        row = next(line.split() for line in listed.splitlines() if line.startswith(built["OPERATOR_IMAGE"] + " "))
+        manifest = json.loads(subprocess.run([*ctr, "content", "get", row[2]], check=True, capture_output=True).stdout)
+        assert manifest["config"]["digest"] == built["OPERATOR_IMAGE_ID"]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        log.close()
