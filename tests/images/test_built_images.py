@@ -157,6 +157,11 @@ def test_build_prints_the_names_the_chart_defaults_to_and_the_ids(built: dict[st
     assert built["OPERATOR_IMAGE"] == "ghcr.io/kubetrain/operator:0.1.0"
     values = (REPO / "helm" / "kubetrain" / "values.yaml").read_text()
     assert f"trainerImage: {built['TRAINER_IMAGE']}\n" in values
+    assert "repository: ghcr.io/kubetrain/operator\n" in values
+    assert 'appVersion: "0.1.0"\n' in (REPO / "helm" / "kubetrain" / "Chart.yaml").read_text()
+    from kubetrain_operator.settings import DEFAULT_TRAINER_IMAGE
+
+    assert built["TRAINER_IMAGE"] == DEFAULT_TRAINER_IMAGE
     for kind in ("TRAINER", "OPERATOR"):
         archive = Path(built[f"{kind}_ARCHIVE"])
         assert archive.is_file() and archive.stat().st_size > 10_000_000
