@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help tools manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick clean
+.PHONY: help tools images manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick clean
 
 help:
 	@echo "make demo      local control plane + operator + the iris example trained"
@@ -13,6 +13,7 @@ help:
 	@echo "make venv      the project's virtualenv (.venv) with all extras"
 	@echo "make crds      regenerate crds/ (and the chart's copy) from the typed API"
 	@echo "make bench     trainer overhead + operator load benchmarks (long); make bench-quick: a few minutes"
+	@echo "make images    build the operator and trainer images (buildah, cached OCI archives)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,13 +24,23 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # System tools the tests use: Prometheus and promtool (Debian's package), openssl for the dev cluster's PKI,
-# headless Chromium for the model report test (tests/trainer/test_report.py).
+# headless Chromium for the model report test (tests/trainer/test_report.py); buildah, runc, debootstrap and
+# strip (binutils) for the images (hack/build-images), flock (util-linux).
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v openssl >/dev/null \
 		&& command -v chromium >/dev/null || { \
 		echo "installing prometheus, openssl, chromium (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			prometheus openssl chromium >/dev/null; }
+	@command -v buildah >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
+		&& command -v strip >/dev/null && command -v flock >/dev/null || { \
+		echo "installing buildah, runc, debootstrap, binutils (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			buildah runc debootstrap binutils util-linux >/dev/null; }
+
+# The trainer and operator images (buildah; cached by input hash). Prints *_IMAGE, *_ARCHIVE, *_IMAGE_ID.
+images: tools
+	hack/build-images
 
 manifests:
 	hack/render-manifests

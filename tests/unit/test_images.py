@@ -1,6 +1,6 @@
-"""What each image installs (Dockerfile.operator: `.[operator]`, Dockerfile.trainer: `.[trainer,s3]`),
-checked in clean virtualenvs since no Docker engine is at hand: each works on its own, and the operator
-never pulls in the ML libraries."""
+"""What each image installs (Dockerfile.operator: `.[operator]`, Dockerfile.trainer: `.[trainer,s3]`) and how the
+Dockerfiles are layered, checked in clean virtualenvs without a container engine: each extra works on its own, and
+the operator never pulls in the ML libraries. The built images themselves are run in tests/images/."""
 
 from __future__ import annotations
 
@@ -30,11 +30,39 @@ def _venv(tmp: Path, extra: str) -> Path:
 
 
 def test_dockerfiles_install_the_extras_these_tests_use() -> None:
-    assert re.search(r'pip install .*"\.\[operator\]"', (REPO / "Dockerfile.operator").read_text())
+    operator = (REPO / "Dockerfile.operator").read_text()
+    assert re.search(r'pip install .*"\.\[operator\]"', operator)
+    assert re.search(r"python -c .*optional-dependencies.*\boperator >/tmp/requirements.txt", operator)
     trainer = (REPO / "Dockerfile.trainer").read_text()
     assert "ARG EXTRAS=trainer,s3\n" in trainer and re.search(r'pip install .*"\.\[\$\{EXTRAS\}\]"', trainer)
+    assert re.search(r'python -c .*optional-dependencies.*"\$\{EXTRAS\}" >/tmp/requirements.txt', trainer)
     for name in ("Dockerfile.operator", "Dockerfile.trainer"):
-        assert "USER 10001" in (REPO / name).read_text(), f"{name} must run as non-root"
+        text = (REPO / name).read_text()
+        assert "USER 10001" in text, f"{name} must run as non-root"
+        # Read-only root filesystem: no bytecode written at run time, HOME in the writable /tmp.
+        assert re.search(r"^ENV .*PYTHONDONTWRITEBYTECODE=1 .*HOME=/tmp", text, re.M), name
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.operator", "Dockerfile.trainer"])
+def test_dockerfiles_install_dependencies_before_copying_the_sources(name: str) -> None:
+    """A code change must rebuild only the last layers: the dependencies come from pyproject.toml alone."""
+    lines = [line for line in (REPO / name).read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "ARG BASE_IMAGE=python:3.11-slim", "the default base stays the public image"
+    assert [line for line in lines if line.startswith("FROM")] == ["FROM ${BASE_IMAGE} AS build", "FROM ${BASE_IMAGE}"]
+
+    def index(pattern: str) -> int:
+        (found,) = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        return found
+
+    deps = index(r"pip install .*--prefix=/deps -r /tmp/requirements.txt")
+    assert index(r"^COPY pyproject.toml ") < deps
+    for tree in ("api", "operator", "trainer", "README.md"):
+        assert deps < index(rf"^COPY {tree} "), f"{tree} is copied before the dependencies are installed"
+    package = index(r"pip install .*--no-deps .*--prefix=/app")
+    assert package > index(r"^COPY trainer ")
+    # In the final stage the dependencies are one layer and our packages the last one.
+    assert index(r"^COPY --from=build /deps /usr/local$") < index(r"^COPY --from=build /app /usr/local$")
+    assert lines[-1] == "COPY --from=build /app /usr/local"
 
 
 def test_operator_image_works_without_ml_libraries(tmp_path: Path) -> None:
