@@ -164,20 +164,12 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
         if dataset.features is not None
         else [c for c in columns if c != dataset.target and c not in exclude]
     )
-    used: list[Column] = []
-    dropped: dict[str, str] = {}
-    converted: dict[str, pd.Series] = {}
-    for name in candidates:
-        choice = _type_column(name, df[name], dataset.column_types.get(name), validation.max_missing_fraction)
-        if choice.converted is not None:
-            converted[name] = choice.converted
-        if choice.dropped:
-            dropped[name] = choice.dropped
-            if choice.dropped == "constant":
-                warnings.append(f"column {name!r} is constant and was left out")
-            continue
-        used.append(Column(name=name, kind=choice.kind, dtype=""))
-    return _prepared(df, y, task, used, dropped, converted, warnings)
+    choices = {
+        name: _type_column(name, df[name], dataset.column_types.get(name), validation.max_missing_fraction)
+        for name in candidates
+    }
+    warnings += [f"column {name!r} is constant and was left out" for name, c in choices.items() if c.constant]
+    return _prepared(df, y, task, choices, warnings)
 
 
 def _check_columns(df: pd.DataFrame, dataset: Any) -> None:
@@ -223,6 +215,10 @@ class _ColumnChoice:
     kind: str = ""
     dropped: str = ""  # why the column is left out ("" when used)
     converted: pd.Series | None = None  # the values the model sees, when they differ from the file's
+
+    @property
+    def constant(self) -> bool:
+        return self.dropped == "constant"
 
 
 def _type_column(name: str, s: pd.Series, declared: str | None, limit: float | None) -> _ColumnChoice:
@@ -277,21 +273,18 @@ def _declared_conversion(name: str, s: pd.Series, kind: str) -> pd.Series | None
 
 
 def _prepared(
-    df: pd.DataFrame,
-    y: pd.Series | None,
-    task: str,
-    used: list[Column],
-    dropped: dict[str, str],
-    converted: dict[str, pd.Series],
-    warnings: list[str],
+    df: pd.DataFrame, y: pd.Series | None, task: str, choices: dict[str, _ColumnChoice], warnings: list[str]
 ) -> Prepared:
     """The feature frame (with conversions) and each used column's final dtype."""
+    dropped = {name: c.dropped for name, c in choices.items() if c.dropped}
+    used = [Column(name=name, kind=c.kind, dtype="") for name, c in choices.items() if not c.dropped]
     if not used:
         detail = "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:10]) or "no candidate columns"
         raise DataInvalid(f"no usable feature columns ({detail})")
     X = df[[c.name for c in used]]
+    converted = {c.name: choices[c.name].converted for c in used if choices[c.name].converted is not None}
     if converted:
-        X = X.assign(**{k: v for k, v in converted.items() if k in X.columns})
+        X = X.assign(**converted)
     for c in used:
         c.dtype = str(X[c.name].dtype)
     if dropped:
