@@ -341,12 +341,12 @@ def test_missing_config_and_bad_command_line(cli: Any, tmp_path: Path) -> None:
 
 
 def test_unexpected_error_is_internal_and_retryable(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kubetrain_trainer.runner as runner
+    import kubetrain_trainer.stages as stages
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(runner, "load_and_prepare", boom)
+    monkeypatch.setattr(stages, "load", boom)
     data = tmp_path / "d"
     data.mkdir()
     cfg = write_config(tmp_path / "r.yaml", _spec(data))

@@ -6,11 +6,12 @@ import argparse
 import os
 import sys
 import tempfile
-import traceback
 from pathlib import Path
+from typing import Any
 
 from . import contract
-from .errors import ConfigInvalid, TrainerError, VerifyFailed
+from .errors import ConfigInvalid, VerifyFailed
+from .outcome import RunFacts, result_of
 
 
 def emit_progress(step: str, percent: int) -> None:
@@ -42,27 +43,16 @@ def report(result: contract.Result) -> int:
     return result.exit_code
 
 
-def _failure(exc: BaseException) -> contract.Result:
-    from .runner import RunState
-
-    state: RunState = getattr(exc, "state", None) or RunState()
-    if isinstance(exc, TrainerError):
-        return state.result(exc.reason, str(exc))
-    traceback.print_exc(file=sys.stderr)
-    msg = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]
-    return state.result(contract.REASON_INTERNAL_ERROR, msg)
-
-
-def cmd_run(args: argparse.Namespace, validate_only: bool = False) -> int:
+def cmd_run(args: argparse.Namespace, validate_only: bool = False) -> contract.Result:
     from .config import read_config
     from .runner import train
 
     emit_progress("config", 0)
     cfg = read_config(args.config, getattr(args, "name", None))
-    return report(train(cfg, getattr(args, "output", None), emit_progress, validate_only=validate_only))
+    return train(cfg, getattr(args, "output", None), emit_progress, validate_only=validate_only)
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: argparse.Namespace) -> contract.Result:
     from .artifacts import verify_model
     from .data import check_uri_path, local_path
 
@@ -117,16 +107,12 @@ def _download_model(uri: str, dest: Path) -> Path:
     return dest
 
 
-def _verified(facts: dict) -> int:
-    from .runner import RunState
-
-    state = RunState(task=facts.get("task"), estimator=facts.get("estimator"), metrics=facts.get("metrics"))
-    state.model = facts["model"]
-    return report(
-        state.result(
-            contract.REASON_VERIFIED, f"checksum, load and smoke prediction passed ({facts['model']['sha256'][:12]})"
-        )
+def _verified(found: dict[str, Any]) -> contract.Result:
+    facts = RunFacts(
+        task=found.get("task"), estimator=found.get("estimator"), metrics=found.get("metrics"), model=found["model"]
     )
+    sha = found["model"]["sha256"]
+    return facts.result(contract.REASON_VERIFIED, f"checksum, load and smoke prediction passed ({sha[:12]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                 exit_code=contract.EXIT_CONFIG_INVALID,
             )
         )
-    try:
+    with result_of() as outcome:
         if args.command == "run":
-            return cmd_run(args)
-        if args.command == "validate":
-            return cmd_run(args, validate_only=True)
-        return cmd_verify(args)
-    except Exception as exc:
-        return report(_failure(exc))
+            outcome.result = cmd_run(args)
+        elif args.command == "validate":
+            outcome.result = cmd_run(args, validate_only=True)
+        else:
+            outcome.result = cmd_verify(args)
+    return report(outcome.final)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,50 +68,81 @@ def _write_json(path: Path, data: Any) -> None:
         fh.write("\n")
 
 
-def save_artifacts(run_dir: Path, pipeline: Any, metadata: dict[str, Any], model_uri: str) -> dict[str, Any]:
-    """Write model.joblib, model.joblib.sha256 and metadata.json into ``run_dir`` atomically.
+@dataclass(frozen=True)
+class Saved:
+    """What ``save_artifacts`` wrote: the model reference and every file, in write order."""
+
+    model: dict[str, Any]  # {uri, sha256, size, format}, also under "model" in metadata.json
+    files: tuple[str, ...]  # file names in the run directory; metadata.json last (it marks completion)
+
+
+def save_artifacts(
+    run_dir: Path,
+    pipeline: Any,
+    metadata: dict[str, Any],
+    model_uri: str,
+    documents: Mapping[str, Any] | None = None,
+) -> Saved:
+    """Write model.joblib, model.joblib.sha256, each of ``documents`` (file name → JSON value, e.g. a
+    later evaluation.json) and metadata.json into ``run_dir`` atomically.
 
     Everything is written and fsynced in a temp dir next to ``run_dir`` first. A fresh ``run_dir`` is
     one rename; an existing one (a parallel search's trials, or an earlier attempt) gets each file by
-    rename, metadata.json last, so readers never see a half-written file. Returns the model reference
-    ``{uri, sha256, size, format}`` (also stored in metadata.json).
+    rename, metadata.json last, so readers never see a half-written file.
     """
-    import joblib
-
     parent = run_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving pods read the directory
     try:
-        model_path = tmp / contract.MODEL_FILE
-        joblib.dump(pipeline, model_path)
-        _fsync_file(model_path)
-        digest = sha256_file(model_path)
-        size = model_path.stat().st_size
-        (tmp / contract.CHECKSUM_FILE).write_text(f"{digest}  {contract.MODEL_FILE}\n")
-        ref = {"uri": model_uri, "sha256": digest, "size": size, "format": contract.MODEL_FORMAT}
-        _write_json(tmp / contract.METADATA_FILE, {**metadata, "model": ref})
-        for name in (contract.CHECKSUM_FILE, contract.METADATA_FILE):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
-        try:
-            os.rename(tmp, run_dir)
-        except OSError:
-            if not run_dir.is_dir():
-                raise
-            for name in (contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE):
-                os.replace(tmp / name, run_dir / name)
-            _fsync_dir(run_dir)
-            tmp.rmdir()
+        saved = _write_all(tmp, pipeline, metadata, model_uri, documents or {})
+        _move_into_place(tmp, run_dir, saved.files)
         _fsync_dir(parent)
-        return ref
+        return saved
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def upload_dir(local_dir: Path, remote_base: str) -> None:
-    """Copy artifacts to an object store (s3://), metadata.json last: its presence marks completion.
+def _write_all(
+    tmp: Path, pipeline: Any, metadata: dict[str, Any], model_uri: str, documents: Mapping[str, Any]
+) -> Saved:
+    import joblib
+
+    model_path = tmp / contract.MODEL_FILE
+    joblib.dump(pipeline, model_path)
+    _fsync_file(model_path)
+    digest = sha256_file(model_path)
+    (tmp / contract.CHECKSUM_FILE).write_text(f"{digest}  {contract.MODEL_FILE}\n")
+    ref = {"uri": model_uri, "sha256": digest, "size": model_path.stat().st_size, "format": contract.MODEL_FORMAT}
+    reserved = {contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE}
+    for name, doc in documents.items():
+        if name in reserved or "/" in name:
+            raise ValueError(f"artifact document name {name!r} is reserved or not a plain file name")
+        _write_json(tmp / name, doc)
+    _write_json(tmp / contract.METADATA_FILE, {**metadata, "model": ref})
+    files = (contract.MODEL_FILE, contract.CHECKSUM_FILE, *documents, contract.METADATA_FILE)
+    for name in files[1:]:
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    return Saved(ref, files)
+
+
+def _move_into_place(tmp: Path, run_dir: Path, files: tuple[str, ...]) -> None:
+    try:
+        os.rename(tmp, run_dir)
+    except OSError:
+        if not run_dir.is_dir():
+            raise
+        for name in files:
+            os.replace(tmp / name, run_dir / name)
+        _fsync_dir(run_dir)
+        tmp.rmdir()
+
+
+def upload_dir(local_dir: Path, remote_base: str, files: Sequence[str] | None = None) -> None:
+    """Copy artifacts (``files``, default the model, its checksum and metadata.json) to an object store
+    (s3://), metadata.json last: its presence marks completion.
 
     A missing bucket or denied access is ConfigInvalid (no retry); other errors (network, 5xx) stay
     retryable. On any failure the objects this call already wrote are removed (best effort).
@@ -119,7 +152,8 @@ def upload_dir(local_dir: Path, remote_base: str) -> None:
     from .data import CREDENTIALS_HINT
 
     fs, root = fsspec.core.url_to_fs(remote_base)
-    names = [contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE]
+    names = [n for n in (files or (contract.MODEL_FILE, contract.CHECKSUM_FILE)) if n != contract.METADATA_FILE]
+    names.append(contract.METADATA_FILE)
     written: list[str] = []
     try:
         for name in names:

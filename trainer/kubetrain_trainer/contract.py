@@ -4,9 +4,10 @@ This module is imported by the operator, so it must stay dependency-free (standa
 scikit-learn, pandas or numpy at import time.
 
 Invocation
-    ``python -m kubetrain_trainer run`` (no arguments) inside a trainer Job; the TrainingRun manifest
-    comes as JSON in ``KUBETRAIN_CONFIG``. ``verify`` (no arguments) reads ``KUBETRAIN_VERIFY_URI`` and
-    ``KUBETRAIN_VERIFY_SHA256``.
+    ``RUN_COMMAND`` (no arguments) inside a trainer Job; the TrainingRun manifest comes as JSON in
+    ``KUBETRAIN_CONFIG``. ``VERIFY_COMMAND`` reads ``KUBETRAIN_VERIFY_URI`` and ``KUBETRAIN_VERIFY_SHA256``
+    (``verify_command()`` adds ``--model``/``--sha256`` for a mounted file). ``cleanup_command()`` removes
+    an artifact directory with the trainer image's Python (no shell).
 
 Progress
     One JSON object per line on stdout: ``{"progress": {"step": "load", "percent": 10}}``.
@@ -18,7 +19,8 @@ Result
     A compact JSON object (at most ``RESULT_MAX_BYTES``) written to the termination-message file
     (``KUBETRAIN_TERMINATION_LOG``, else ``/dev/termination-log`` when it exists and is writable) and
     printed as the last line on stdout. See :class:`Result` for the fields. When it would be too large,
-    the least important fields are dropped in ``TRIM_ORDER``.
+    the least important fields are dropped in ``TRIM_ORDER`` and named in ``trimmed``; ``signature`` is
+    whole or absent, never a partial feature list.
 
 Exit codes
     The operator maps them with a podFailurePolicy: 0 success, 1 internal error (retryable), 10..13
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 # ---- invocation ---------------------------------------------------------------------------------------
 
@@ -37,6 +39,30 @@ from typing import Any, Final
 RUN_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "run")
 #: The verification Job's command for hand-registered ModelVersions (KUBETRAIN_VERIFY_URI/_SHA256).
 VERIFY_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "verify")
+#: Local checks of config and data, no training (same exit codes; reason Valid).
+VALIDATE_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "validate")
+VERIFY_MODEL_ARG: Final = "--model"  # verify: model directory or model.joblib (wins over KUBETRAIN_VERIFY_URI)
+VERIFY_SHA256_ARG: Final = "--sha256"  # verify: expected sha256 (wins over KUBETRAIN_VERIFY_SHA256)
+#: Removes the directory given as its one argument; a fixed snippet, so a path never reaches a shell.
+CLEANUP_SCRIPT: Final = (
+    "import shutil, sys\nshutil.rmtree(sys.argv[1], ignore_errors=True)\nprint('removed', sys.argv[1])\n"
+)
+
+
+def verify_command(model_path: str | None = None, sha256: str | None = None) -> list[str]:
+    """``VERIFY_COMMAND``, with ``--model``/``--sha256`` when the model is a mounted file."""
+    command = list(VERIFY_COMMAND)
+    if model_path is not None:
+        command += [VERIFY_MODEL_ARG, model_path]
+    if sha256 is not None:
+        command += [VERIFY_SHA256_ARG, sha256]
+    return command
+
+
+def cleanup_command(directory: str) -> list[str]:
+    """The container command that removes ``directory`` (a mounted artifact directory)."""
+    return ["python", "-c", CLEANUP_SCRIPT, directory]
+
 
 # ---- exit codes ------------------------------------------------------------------------------------
 
@@ -116,18 +142,53 @@ MODEL_FORMAT: Final = "joblib"
 RESULT_MAX_BYTES: Final = 4096
 PROGRESS_KEY: Final = "progress"
 #: Fields dropped, in this order, until the result fits in RESULT_MAX_BYTES (then the message is cut).
-TRIM_ORDER: Final = ("timings", "versions", "best_params", "dataset", "warnings", "estimator", "metrics")
+#: The operator reads none of timings and warnings; signature is the one field whose size grows with the
+#: data (a wide dataset's feature list), so it goes before the small fields a ModelVersion records.
+TRIM_ORDER: Final = (
+    "timings",
+    "warnings",
+    "signature",
+    "versions",
+    "best_params",
+    "dataset",
+    "estimator",
+    "metrics",
+)
+
+
+class FeatureSpec(TypedDict):
+    """One input column of the model: ``kubetrain_api.models.FeatureSpec`` (no other keys)."""
+
+    name: str  #: column name (at most 253 characters)
+    dtype: str  #: pandas dtype the model was trained on, e.g. "float64", "str", "datetime64[us]"
+
+
+class Signature(TypedDict):
+    """The model's input and output: ``kubetrain_api.models.Signature`` (no other keys).
+
+    ``features`` lists every column the model reads, in order (at most 4096); ``target`` is the
+    predicted column, ``None`` for unlabelled anomaly detection.
+    """
+
+    features: list[FeatureSpec]
+    target: str | None
 
 
 @dataclass
 class Result:
-    """What a trainer invocation reports. ``None`` fields are left out of the JSON.
+    """What a trainer invocation reports. ``None`` fields are left out of the JSON (keys = field names).
 
     ``metrics``: metric name → float (hold-out test split; ``cv_<metric>_mean``/``_std`` when
-    ``evaluation.cvFolds`` is set; ``search_best_score`` after a search).
-    ``model``: ``{"uri", "sha256", "size", "format"}``. ``dataset``: ``{"rows", "columns",
-    "fingerprint"}``. ``versions``: ``{"python", "sklearn", "joblib", "pandas", "numpy"}``.
-    ``timings``: step → seconds.
+    ``evaluation.cvFolds`` is set; ``search_best_<metric>`` after a search).
+    ``model``: ``{"uri", "sha256", "size", "format"}``. ``dataset``: ``{"uri", "format", "rows",
+    "columns", "features", "fingerprint"}``. ``versions``: ``{"python", "sklearn", "joblib", "pandas",
+    "numpy"}``. ``timings``: step → seconds.
+    ``signature``: the model's :class:`Signature`, valid for ``kubetrain_api.models.Signature`` (run and
+    validate results, from the moment the data is typed). Whole or absent: absent before that, when the
+    signature is not a valid API signature (a column name over 253 characters, more than 4096 features;
+    a warning says so), or when it did not fit in ``RESULT_MAX_BYTES`` (then ``trimmed`` names it).
+    ``metadata.json`` always holds the full signature.
+    ``trimmed``: the fields ``to_json`` left out to fit in ``RESULT_MAX_BYTES``, in ``TRIM_ORDER``.
     """
 
     outcome: str
@@ -144,18 +205,23 @@ class Result:
     versions: dict[str, str] | None = None
     timings: dict[str, float] | None = None
     warnings: list[str] | None = field(default=None)
+    signature: Signature | None = None
+    trimmed: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def to_json(self, max_bytes: int = RESULT_MAX_BYTES) -> str:
-        """Compact JSON no longer than ``max_bytes`` (UTF-8)."""
+        """Compact JSON no longer than ``max_bytes`` (UTF-8); dropped fields are listed in ``trimmed``."""
         data = self.to_dict()
         text = _dumps(data)
+        trimmed: list[str] = list(self.trimmed or [])
         for key in TRIM_ORDER:
             if len(text.encode()) <= max_bytes:
                 return text
-            data.pop(key, None)
+            if data.pop(key, None) is not None:
+                trimmed.append(key)
+                data["trimmed"] = trimmed
             text = _dumps(data)
         while len(text.encode()) > max_bytes and data.get("message"):
             msg = str(data["message"])

@@ -6,19 +6,15 @@ import math
 from typing import Any
 
 import numpy as np
+from kubetrain_api.models import DEFAULT_PRIMARY_METRIC, TASK_METRICS
 from sklearn import metrics as skm
 from sklearn.metrics import make_scorer
 
 from .errors import BelowThreshold, ConfigInvalid
 from .features import ANOMALY, CLASSIFICATION, REGRESSION
 
-DEFAULT_METRICS = {
-    CLASSIFICATION: ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"),
-    REGRESSION: ("r2", "rmse", "mae"),
-    ANOMALY: ("anomaly_rate",),
-}
+#: Anomaly-detection metrics (of the API's TASK_METRICS) that need labels in spec.dataset.target.
 ANOMALY_LABEL_METRICS = ("precision", "recall", "f1")
-DEFAULT_PRIMARY = {CLASSIFICATION: "accuracy", REGRESSION: "r2", ANOMALY: "anomaly_rate"}
 LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
 
 _CLASSIFICATION_SCORING = {
@@ -52,22 +48,21 @@ _ANOMALY_SCORERS = {"precision": _anomaly_precision, "recall": _anomaly_recall, 
 
 
 def metric_names(task: str, extra: list[str], has_labels: bool) -> list[str]:
-    names = list(DEFAULT_METRICS[task])
-    if task == ANOMALY and has_labels:
-        names += list(ANOMALY_LABEL_METRICS)
+    """The API's TASK_METRICS for the task (without label metrics when there are no labels), checking
+    the metrics the spec adds."""
+    needs_labels = set(ANOMALY_LABEL_METRICS) if task == ANOMALY and not has_labels else set()
+    names = [m for m in TASK_METRICS[task] if m not in needs_labels]
     for m in extra:
         if m not in names:
-            if task == ANOMALY and m in ANOMALY_LABEL_METRICS and not has_labels:
+            if m in needs_labels:
                 raise ConfigInvalid(f"spec.evaluation.metrics: {m} needs anomaly labels (spec.dataset.target)")
-            if m not in DEFAULT_METRICS[task] and not (task == ANOMALY and m in ANOMALY_LABEL_METRICS):
-                raise ConfigInvalid(f"spec.evaluation.metrics: {m} is not computed for {task}")
-            names.append(m)
+            raise ConfigInvalid(f"spec.evaluation.metrics: {m} is not computed for {task}")
     return names
 
 
 def scorer_for(task: str, metric: str | None, n_classes: int, has_labels: bool) -> Any:
     """The scikit-learn scoring for a metric name (search and cv)."""
-    metric = metric or DEFAULT_PRIMARY[task]
+    metric = metric or DEFAULT_PRIMARY_METRIC[task]
     if task == CLASSIFICATION:
         if metric == "roc_auc":
             return "roc_auc" if n_classes == 2 else "roc_auc_ovr"
@@ -94,57 +89,13 @@ def score_sign(metric: str) -> float:
 
 def compute_metrics(task: str, model: Any, X: Any, y: Any, names: list[str]) -> tuple[dict[str, float], list[str]]:
     """Metrics on a hold-out set; metrics that cannot be computed are reported as warnings."""
-    out: dict[str, float] = {}
     warnings: list[str] = []
     if task == CLASSIFICATION:
-        proba = None
-        classes = getattr(model, "classes_", None)
-        if classes is not None and hasattr(model, "predict_proba"):
-            try:
-                proba = model.predict_proba(X)
-            except (AttributeError, ValueError):
-                proba = None
-        # One pass over the test set: the catalogue's classifiers all predict argmax(predict_proba).
-        pred = np.asarray(classes).take(np.argmax(proba, axis=1)) if proba is not None else model.predict(X)
-        for m in names:
-            try:
-                if m == "accuracy":
-                    out[m] = skm.accuracy_score(y, pred)
-                elif m == "balanced_accuracy":
-                    out[m] = skm.balanced_accuracy_score(y, pred)
-                elif m == "precision":
-                    out[m] = skm.precision_score(y, pred, average="macro", zero_division=0)
-                elif m == "recall":
-                    out[m] = skm.recall_score(y, pred, average="macro", zero_division=0)
-                elif m == "f1":
-                    out[m] = skm.f1_score(y, pred, average="macro", zero_division=0)
-                elif m in ("roc_auc", "log_loss") and proba is not None:
-                    if m == "roc_auc":
-                        if proba.shape[1] == 2:
-                            out[m] = skm.roc_auc_score(y, proba[:, 1])
-                        else:
-                            out[m] = skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes)
-                    else:
-                        out[m] = skm.log_loss(y, proba, labels=classes)
-            except ValueError as exc:
-                warnings.append(f"{m} not computed: {' '.join(str(exc).split())[:200]}")
+        out = _classification_metrics(model, X, y, names, warnings)
     elif task == REGRESSION:
-        pred = model.predict(X)
-        for m in names:
-            if m == "r2":
-                out[m] = skm.r2_score(y, pred)
-            elif m == "rmse":
-                out[m] = math.sqrt(skm.mean_squared_error(y, pred))
-            elif m == "mae":
-                out[m] = skm.mean_absolute_error(y, pred)
+        out = _regression_metrics(model.predict(X), y, names)
     else:
-        pred = model.predict(X)
-        flags = _anomaly_flags(pred)
-        for m in names:
-            if m == "anomaly_rate":
-                out[m] = float(flags.mean())
-            elif m in _ANOMALY_SCORERS and y is not None:
-                out[m] = _ANOMALY_SCORERS[m](y, pred)
+        out = _anomaly_metrics(model.predict(X), y, names)
     clean: dict[str, float] = {}
     for k, v in out.items():
         fv = float(v)
@@ -153,6 +104,67 @@ def compute_metrics(task: str, model: Any, X: Any, y: Any, names: list[str]) -> 
         else:
             warnings.append(f"{k} is not finite")
     return clean, warnings
+
+
+def _probabilities(model: Any, X: Any) -> Any:
+    if getattr(model, "classes_", None) is None or not hasattr(model, "predict_proba"):
+        return None
+    try:
+        return model.predict_proba(X)
+    except (AttributeError, ValueError):
+        return None
+
+
+_LABEL_METRICS: dict[str, Any] = {
+    "accuracy": skm.accuracy_score,
+    "balanced_accuracy": skm.balanced_accuracy_score,
+    "precision": lambda y, p: skm.precision_score(y, p, average="macro", zero_division=0),
+    "recall": lambda y, p: skm.recall_score(y, p, average="macro", zero_division=0),
+    "f1": lambda y, p: skm.f1_score(y, p, average="macro", zero_division=0),
+}
+
+
+def _classification_metrics(model: Any, X: Any, y: Any, names: list[str], warnings: list[str]) -> dict[str, Any]:
+    classes = getattr(model, "classes_", None)
+    proba = _probabilities(model, X)
+    # One pass over the test set: the catalogue's classifiers all predict argmax(predict_proba).
+    pred = np.asarray(classes).take(np.argmax(proba, axis=1)) if proba is not None else model.predict(X)
+    out: dict[str, Any] = {}
+    for m in names:
+        try:
+            if m in _LABEL_METRICS:
+                out[m] = _LABEL_METRICS[m](y, pred)
+            elif m == "roc_auc" and proba is not None:
+                if proba.shape[1] == 2:
+                    out[m] = skm.roc_auc_score(y, proba[:, 1])
+                else:
+                    out[m] = skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes)
+            elif m == "log_loss" and proba is not None:
+                out[m] = skm.log_loss(y, proba, labels=classes)
+        except ValueError as exc:
+            warnings.append(f"{m} not computed: {' '.join(str(exc).split())[:200]}")
+    return out
+
+
+_REGRESSION_METRICS: dict[str, Any] = {
+    "r2": skm.r2_score,
+    "rmse": lambda y, p: math.sqrt(skm.mean_squared_error(y, p)),
+    "mae": skm.mean_absolute_error,
+}
+
+
+def _regression_metrics(pred: Any, y: Any, names: list[str]) -> dict[str, Any]:
+    return {m: _REGRESSION_METRICS[m](y, pred) for m in names if m in _REGRESSION_METRICS}
+
+
+def _anomaly_metrics(pred: Any, y: Any, names: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in names:
+        if m == "anomaly_rate":
+            out[m] = float(_anomaly_flags(pred).mean())
+        elif m in _ANOMALY_SCORERS and y is not None:
+            out[m] = _ANOMALY_SCORERS[m](y, pred)
+    return out
 
 
 def check_thresholds(thresholds: list[Any], metrics: dict[str, float]) -> None:

@@ -146,9 +146,37 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
     """
     validation = dataset.validation
     columns = list(df.columns)
+    _check_columns(df, dataset)
+    df, y, warnings = _target_rows(df, dataset.target, validation.max_missing_fraction)
+    need = min_rows if min_rows is not None else validation.min_rows
+    if len(df) < need:
+        raise DataInvalid(f"dataset has {len(df)} usable rows, fewer than minRows {need}")
+    if task is None:
+        task = infer_task(y)
+    y = _check_target(y, task) if y is not None else None
+    unknown_typed = [c for c in dataset.column_types if c not in set(columns)]
+    if unknown_typed:
+        raise DataInvalid(f"columnTypes name column(s) not in the dataset: {', '.join(unknown_typed)}")
+
+    exclude = set(dataset.exclude)
+    candidates = (
+        list(dataset.features)
+        if dataset.features is not None
+        else [c for c in columns if c != dataset.target and c not in exclude]
+    )
+    choices = {
+        name: _type_column(name, df[name], dataset.column_types.get(name), validation.max_missing_fraction)
+        for name in candidates
+    }
+    warnings += [f"column {name!r} is constant and was left out" for name, c in choices.items() if c.constant]
+    return _prepared(df, y, task, choices, warnings)
+
+
+def _check_columns(df: pd.DataFrame, dataset: Any) -> None:
+    """Required, target, feature and columnTypes columns exist, and there are rows."""
+    columns = list(df.columns)
     present = set(columns)
-    warnings: list[str] = []
-    missing_required = [c for c in validation.required_columns if c not in present]
+    missing_required = [c for c in dataset.validation.required_columns if c not in present]
     if missing_required:
         raise DataInvalid(f"required column(s) missing: {', '.join(missing_required)}")
     target = dataset.target
@@ -161,102 +189,102 @@ def prepare(df: pd.DataFrame, dataset: Any, task: str | None, min_rows: int | No
     if len(df) == 0:
         raise DataInvalid("dataset has no rows")
 
-    y: pd.Series | None = None
-    if target is not None:
-        y = df[target]
-        missing = y.isna()
-        if bool(missing.all()):
-            raise DataInvalid(f"target column {target!r} has no values")
-        if bool(missing.any()):
-            n_missing = int(missing.sum())
-            frac = n_missing / len(df)
-            limit = validation.max_missing_fraction
-            if limit is not None and frac > limit:
-                raise DataInvalid(
-                    f"target column {target!r} is missing in {frac:.1%} of rows (maxMissingFraction {limit})"
-                )
-            warnings.append(f"dropped {n_missing} row(s) without a value in target {target!r}")
-            df = df.loc[~missing]
-            y = df[target]
 
-    need = min_rows if min_rows is not None else validation.min_rows
-    if len(df) < need:
-        raise DataInvalid(f"dataset has {len(df)} usable rows, fewer than minRows {need}")
+def _target_rows(
+    df: pd.DataFrame, target: str | None, limit: float | None
+) -> tuple[pd.DataFrame, pd.Series | None, list[str]]:
+    """(rows with a target value, the target, warnings); rows without one are dropped within ``limit``."""
+    if target is None:
+        return df, None, []
+    y = df[target]
+    missing = y.isna()
+    if bool(missing.all()):
+        raise DataInvalid(f"target column {target!r} has no values")
+    if not bool(missing.any()):
+        return df, y, []
+    n_missing = int(missing.sum())
+    frac = n_missing / len(df)
+    if limit is not None and frac > limit:
+        raise DataInvalid(f"target column {target!r} is missing in {frac:.1%} of rows (maxMissingFraction {limit})")
+    df = df.loc[~missing]
+    return df, df[target], [f"dropped {n_missing} row(s) without a value in target {target!r}"]
 
-    if task is None:
-        task = infer_task(y)
-    y = _check_target(y, task) if y is not None else None
 
-    exclude = set(dataset.exclude)
-    candidates = (
-        list(dataset.features)
-        if dataset.features is not None
-        else [c for c in columns if c != target and c not in exclude]
-    )
-    declared = dict(dataset.column_types)
-    unknown_typed = [c for c in declared if c not in present]
-    if unknown_typed:
-        raise DataInvalid(f"columnTypes name column(s) not in the dataset: {', '.join(unknown_typed)}")
+@dataclass(frozen=True)
+class _ColumnChoice:
+    kind: str = ""
+    dropped: str = ""  # why the column is left out ("" when used)
+    converted: pd.Series | None = None  # the values the model sees, when they differ from the file's
 
-    used: list[Column] = []
-    dropped: dict[str, str] = {}
-    converted: dict[str, pd.Series] = {}
-    n_rows = len(df)
-    for name in candidates:
-        s = df[name]
-        kind = declared.get(name)
-        if kind == "ignore":
-            dropped[name] = "columnTypes: ignore"
-            continue
-        n_missing = int(s.isna().sum())
-        if n_missing == n_rows:
-            raise DataInvalid(f"column {name!r} has no values (all missing)")
-        limit = validation.max_missing_fraction
-        if limit is not None and n_missing / n_rows > limit:
+    @property
+    def constant(self) -> bool:
+        return self.dropped == "constant"
+
+
+def _type_column(name: str, s: pd.Series, declared: str | None, limit: float | None) -> _ColumnChoice:
+    """How one candidate column is used: its kind, a conversion, or why it is left out."""
+    if declared == "ignore":
+        return _ColumnChoice(dropped="columnTypes: ignore")
+    n_rows = len(s)
+    n_missing = int(s.isna().sum())
+    if n_missing == n_rows:
+        raise DataInvalid(f"column {name!r} has no values (all missing)")
+    if limit is not None and n_missing / n_rows > limit:
+        raise DataInvalid(
+            f"column {name!r} is missing in {n_missing / n_rows:.1%} of rows (maxMissingFraction {limit})"
+        )
+    kind, converted = declared, None
+    if kind is None:
+        kind, why = _infer_kind(name, s, n_rows)
+        if kind == "skip":
+            return _ColumnChoice(dropped=why)
+        if kind == "numeric-text":
+            kind, converted = "numeric", pd.to_numeric(s, errors="coerce")
+    else:
+        converted = _declared_conversion(name, s, kind)
+    if kind in ("categorical", "text") and (
+        (not _is_numeric(s) and not _is_string(s)) or (pd.api.types.is_object_dtype(s.dtype) and _mixed_types(s))
+    ):
+        # One-hot encoders need one value type per column (JSON exports mix 1 and "1").
+        converted = s.astype(str).where(s.notna(), None)
+    if n_missing == 0 and _is_constant(s):
+        return _ColumnChoice(kind=kind, dropped="constant", converted=converted)
+    return _ColumnChoice(kind=kind, converted=converted)
+
+
+def _declared_conversion(name: str, s: pd.Series, kind: str) -> pd.Series | None:
+    """The numeric values of a column declared numeric; checks a declared datetime column parses."""
+    if kind == "numeric" and not _is_numeric(s):
+        bad = _bad_numeric_example(s)
+        if bad is not None:
             raise DataInvalid(
-                f"column {name!r} is missing in {n_missing / n_rows:.1%} of rows (maxMissingFraction {limit})"
+                f"column {name!r} is declared numeric but has {bad[0]} non-numeric value(s), e.g. {bad[1]!r}"
             )
-        if kind is None:
-            kind, why = _infer_kind(name, s, n_rows)
-            if kind == "skip":
-                dropped[name] = why
-                continue
-            if kind == "numeric-text":
-                converted[name] = pd.to_numeric(s, errors="coerce")
-                kind = "numeric"
-        elif kind == "numeric" and not _is_numeric(s):
-            bad = _bad_numeric_example(s)
-            if bad is not None:
-                raise DataInvalid(
-                    f"column {name!r} is declared numeric but has {bad[0]} non-numeric value(s), e.g. {bad[1]!r}"
-                )
-            converted[name] = pd.to_numeric(s, errors="coerce")
-        elif kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(s.dtype):
-            parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
-            bad_mask = s.notna() & parsed.isna()
-            if bool(bad_mask.any()):
-                raise DataInvalid(
-                    f"column {name!r} is declared datetime but {int(bad_mask.sum())} value(s) do not parse, "
-                    f"e.g. {s[bad_mask].iloc[0]!r}"
-                )
-        if kind in ("categorical", "text") and (
-            (not _is_numeric(s) and not _is_string(s)) or (pd.api.types.is_object_dtype(s.dtype) and _mixed_types(s))
-        ):
-            # One-hot encoders need one value type per column (JSON exports mix 1 and "1").
-            converted[name] = s.astype(str).where(s.notna(), None)
-        if n_missing == 0 and _is_constant(s):
-            dropped[name] = "constant"
-            warnings.append(f"column {name!r} is constant and was left out")
-            continue
-        used.append(Column(name=name, kind=kind, dtype=""))
+        return pd.to_numeric(s, errors="coerce")
+    if kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(s.dtype):
+        parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+        bad_mask = s.notna() & parsed.isna()
+        if bool(bad_mask.any()):
+            raise DataInvalid(
+                f"column {name!r} is declared datetime but {int(bad_mask.sum())} value(s) do not parse, "
+                f"e.g. {s[bad_mask].iloc[0]!r}"
+            )
+    return None
 
+
+def _prepared(
+    df: pd.DataFrame, y: pd.Series | None, task: str, choices: dict[str, _ColumnChoice], warnings: list[str]
+) -> Prepared:
+    """The feature frame (with conversions) and each used column's final dtype."""
+    dropped = {name: c.dropped for name, c in choices.items() if c.dropped}
+    used = [Column(name=name, kind=c.kind, dtype="") for name, c in choices.items() if not c.dropped]
     if not used:
         detail = "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:10]) or "no candidate columns"
         raise DataInvalid(f"no usable feature columns ({detail})")
-
     X = df[[c.name for c in used]]
+    converted = {c.name: choices[c.name].converted for c in used if choices[c.name].converted is not None}
     if converted:
-        X = X.assign(**{k: v for k, v in converted.items() if k in X.columns})
+        X = X.assign(**converted)
     for c in used:
         c.dtype = str(X[c.name].dtype)
     if dropped:

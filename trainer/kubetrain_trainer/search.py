@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,19 +121,21 @@ def trial_path(run_dir: Path, index: int) -> Path:
     return run_dir / contract.TRIALS_DIR / f"trial-{index}.json"
 
 
-def run_share(
-    pipeline: Any,
-    cands: list[dict[str, Any]],
-    index: int,
-    count: int,
-    X: Any,
-    y: Any,
-    scoring: Any,
-    cv: Any,
-    n_jobs: int,
-    run_dir: Path,
-) -> Path:
+@dataclass(frozen=True)
+class ShareTask:
+    """One pod's part of a parallel search: candidates ``index, index + count, ...``."""
+
+    index: int
+    count: int
+    scoring: Any
+    cv: Any
+    n_jobs: int
+    run_dir: Path
+
+
+def run_share(pipeline: Any, cands: list[dict[str, Any]], X: Any, y: Any, task: ShareTask) -> Path:
     """Score this pod's share of the candidates and write trial-<index>.json atomically."""
+    index, count, scoring, cv, n_jobs = task.index, task.count, task.scoring, task.cv, task.n_jobs
     rows = []
     for k in range(index, len(cands), count):
         model = clone(pipeline).set_params(**cands[k])
@@ -146,7 +149,7 @@ def run_share(
             }
         )
     doc = {"index": index, "count": count, "candidates": len(cands), "trials": rows}
-    path = trial_path(run_dir, index)
+    path = trial_path(task.run_dir, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
