@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from kubetrain_operator import registration
+from kubetrain_operator.trainingrun import registration
 from kubetrain_trainer import contract
 
 from tests.unit.test_operator_jobs import UID, make_run

@@ -19,10 +19,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetrain_api.models import DEFAULT_PRIMARY_METRIC, TrainingRun
+from kubetrain_api.models import TrainingRun
+from kubetrain_api.models import primary_metric as headline_metric
 from kubetrain_trainer import contract
 
-from .jobs import TRAINER_CONTAINER
+from .. import k8s
+from ..k8s import parse_time, status_patch
+from .children import TRAINER_CONTAINER
+
+__all__ = ["parse_time", "status_patch"]
 
 # ---- phases ---------------------------------------------------------------------------------------------
 PENDING = "Pending"
@@ -69,17 +74,11 @@ OPERATOR_DECIDED_FAILURES = (REASON_UNSCHEDULABLE, REASON_IMAGE_PULL_FAILED, REA
 
 IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 LOG_TAIL_MAX = 4096
-MESSAGE_MAX = 8192
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+MESSAGE_MAX = k8s.MESSAGE_MAX
 
 
 def format_time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return k8s.format_time(value)
 
 
 def format_duration(seconds: float) -> str:
@@ -95,26 +94,18 @@ def format_duration(seconds: float) -> str:
 
 
 def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype and cond.get("status") == "True":
-            return cond
-    return None
+    return k8s.job_condition(job, ctype)
 
 
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == TRAINER_CONTAINER:
-            return cs
-    return {}
+    return k8s.container_status(pod, TRAINER_CONTAINER)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
-    cs = _trainer_status(pod)
-    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    return k8s.terminated(pod, TRAINER_CONTAINER)
 
 
-def _created(pod: dict[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+_created = k8s.created
 
 
 def _completion_index(pod: dict[str, Any]) -> str | None:
@@ -327,28 +318,16 @@ def _failed_outcome(
 
 def primary_metric(run: TrainingRun, result: contract.Result | None) -> str | None:
     """``name=value`` for the printer column."""
-    if not result or not result.metrics:
+    if not result:
         return None
     task = result.task or run.spec.task or "classification"
-    name = result.primary_metric or run.spec.evaluation.primary_metric or DEFAULT_PRIMARY_METRIC.get(task)
-    if not name or name not in result.metrics:
-        return None
-    return f"{name}={result.metrics[name]:.4g}"
+    return headline_metric(result.metrics, task, result.primary_metric or run.spec.evaluation.primary_metric)
 
 
 def _condition(
     previous: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str, gen: int, now: dt.datetime
 ) -> dict[str, Any]:
-    old = next((c for c in previous if c.get("type") == ctype), None)
-    ltt = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else None
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message[:MESSAGE_MAX],
-        "lastTransitionTime": ltt or format_time(now),
-        "observedGeneration": gen,
-    }
+    return k8s.condition(previous, ctype, status, reason, message, gen, format_time(now))
 
 
 def build_status(
@@ -438,18 +417,6 @@ def registered_condition(
     if error:
         return [_condition(prev, COND_REGISTERED, "False", REASON_REGISTRATION_FAILED, error, gen, now)]
     return []
-
-
-def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch turning ``current`` into ``desired`` (top-level keys; None deletes)."""
-    patch: dict[str, Any] = {}
-    for key, value in desired.items():
-        if current.get(key) != value:
-            patch[key] = value
-    for key in current:
-        if key not in desired:
-            patch[key] = None
-    return patch
 
 
 def invalid_status(generation: int, message: str, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:

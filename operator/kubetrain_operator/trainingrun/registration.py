@@ -1,9 +1,10 @@
-"""Registration of a succeeded TrainingRun as a ModelVersion — exactly once, even across restarts.
+"""The ModelVersion of a succeeded TrainingRun, built by pure functions (decide.py creates it exactly once).
 
 1. A ModelVersion labelled ``kubetrain.io/run-uid=<uid>`` already exists → adopt it (a previous attempt
    created it and the operator died before recording it).
 2. Else the next version number is max(version)+1 over the model's ModelVersions, listed FROM THE API
-   (never a cache), and ``<model>-v<n>`` is created; AlreadyExists → try n+1.
+   (never a cache), skipping names already taken; ``<model>-v<n>`` is created; AlreadyExists → the facts
+   were stale: gather again, which picks the next free number.
 
 The ModelVersion has no ownerReference: a version outlives the run that trained it. Its own lifecycle
 (verification, aliases, retention) belongs to the ModelVersion controller.
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetrain_api.models import API_VERSION, ModelVersion, TrainingRun
+from kubetrain_api.models import API_VERSION, ModelVersion, Signature, TrainingRun
 from kubetrain_trainer import contract
+from pydantic import ValidationError
 
-from . import kube
-from .jobs import LABEL_MODEL, LABEL_RUN, LABEL_RUN_UID, MANAGED_BY
+from .. import k8s
 
-MAX_CREATE_ATTEMPTS = 20
 _RUNTIME_KEYS = {"python": "python", "sklearn": "scikitLearn", "joblib": "joblib", "pandas": "pandas", "numpy": "numpy"}
 
 
@@ -28,13 +28,41 @@ def model_version_name(model: str, version: int) -> str:
 
 
 def next_version(existing: list[dict[str, Any]], model: str) -> int:
-    """max(spec.version)+1 over the ModelVersions of ``model`` (1 for the first)."""
+    """max(spec.version)+1 over the ModelVersions of ``model`` (1 for the first), past names already taken."""
     versions = [
         int((mv.get("spec") or {}).get("version") or 0)
         for mv in existing
         if (mv.get("spec") or {}).get("model") == model
     ]
-    return max(versions, default=0) + 1
+    taken = {(mv.get("metadata") or {}).get("name") for mv in existing}
+    version = max(versions, default=0) + 1
+    while model_version_name(model, version) in taken:
+        version += 1
+    return version
+
+
+def adopted(existing: list[dict[str, Any]], uid: str) -> str | None:
+    """The name of the ModelVersion an earlier pass created for the run ``uid``, if any."""
+    for mv in existing:
+        if ((mv.get("metadata") or {}).get("labels") or {}).get(k8s.LABEL_RUN_UID) == uid:
+            return str(mv["metadata"]["name"])
+    return None
+
+
+def signature_of(result: contract.Result) -> dict[str, Any] | None:
+    """The model's signature as the API's ``Signature`` accepts it ({features: [{name, dtype}], target}), from
+    the trainer's result; None when the result has none (an older trainer image) or it does not fit."""
+    raw = getattr(result, "signature", None)
+    if not isinstance(raw, dict):
+        return None
+    features = [
+        {"name": f.get("name"), "dtype": f.get("dtype")} for f in raw.get("features") or [] if isinstance(f, dict)
+    ]
+    try:
+        sig = Signature.model_validate({"features": features, "target": raw.get("target"), "task": raw.get("task")})
+    except ValidationError:
+        return None
+    return sig.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def build_model_version(
@@ -75,8 +103,8 @@ def build_model_version(
         spec["runtime"] = runtime
     if result.metrics:
         spec["metrics"] = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    signature = getattr(result, "signature", None)
-    if isinstance(signature, dict):
+    signature = signature_of(result)
+    if signature:
         spec["signature"] = signature
     manifest = {
         "apiVersion": API_VERSION,
@@ -85,33 +113,12 @@ def build_model_version(
             "name": model_version_name(run.spec.model, version),
             "namespace": run.metadata.get("namespace"),
             "labels": {
-                LABEL_MODEL: run.spec.model,
-                LABEL_RUN: name,
-                LABEL_RUN_UID: uid,
-                "app.kubernetes.io/managed-by": MANAGED_BY,
+                k8s.LABEL_MODEL: run.spec.model,
+                k8s.LABEL_RUN: name,
+                k8s.LABEL_RUN_UID: uid,
+                k8s.LABEL_MANAGED_BY: k8s.MANAGED_BY,
             },
         },
         "spec": spec,
     }
     return ModelVersion.model_validate(manifest).model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-async def register(run: TrainingRun, uid: str, result: contract.Result, image: str) -> str:
-    """Create (or adopt) the ModelVersion of a succeeded run; returns its name."""
-    namespace = run.metadata["namespace"]
-    adopted = await kube.list_model_versions(namespace, {LABEL_RUN_UID: uid})
-    if adopted:
-        return str(adopted[0]["metadata"]["name"])
-    version = next_version(await kube.list_model_versions(namespace, {}), run.spec.model)
-    for _ in range(MAX_CREATE_ATTEMPTS):
-        manifest = build_model_version(run, uid, result, version, image)
-        manifest.pop("status", None)
-        try:
-            created = await kube.create_model_version(manifest)
-        except Exception as exc:
-            if kube.is_already_exists(exc):
-                version += 1
-                continue
-            raise
-        return str(created["metadata"]["name"])
-    raise RuntimeError(f"could not find a free version number for model {run.spec.model} after {version}")
