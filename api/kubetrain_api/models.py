@@ -110,6 +110,7 @@ def primary_metric(metrics: Mapping[str, Any] | None, task: str | None, preferre
     name = next(n for n in candidates if n in numbers)
     return f"{name}={numbers[name]:.4g}"
 
+
 TrainingRunPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 ModelVersionPhase = Literal["Pending", "Verifying", "Ready", "Failed"]
 

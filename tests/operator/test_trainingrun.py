@@ -242,9 +242,7 @@ def _refuse_status_writes(ws: Workspace, name: str) -> Callable[[], None]:
             "spec": {
                 "policyName": policy,
                 "validationActions": ["Deny"],
-                "matchResources": {
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ws.namespace}}
-                },
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ws.namespace}}},
             },
         }
     )

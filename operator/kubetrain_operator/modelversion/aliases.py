@@ -203,27 +203,31 @@ def resolve_aliases(views: Sequence[VersionView], protected: Iterable[str], now:
                     out[v.name].superseded[alias] = winner.name
 
     for v in views:
-        o = out[v.name]
-        o.aliases.sort()
-        before = set(v.status_aliases)
-        after = set(o.aliases)
-        for alias in sorted(before | set(v.spec_aliases) | set(o.refused)):
-            last = _last_action(v.history, alias)
-            if alias in after and alias not in before:
-                o.new_events.append(_event(alias, "Assigned", now, f"{v.name} (version {v.version}) holds {alias}"))
-            elif alias in o.superseded and (alias in before or last not in ("Superseded",)):
-                w = holder[alias]
-                o.new_events.append(
-                    _event(alias, "Superseded", now, f"{alias} moved to {w.name} (version {w.version}), a newer claim")
-                )
-            elif alias in o.refused and (alias in before or last != "Refused"):
-                o.new_events.append(_event(alias, "Refused", now, o.refused[alias]))
-            elif alias in before and alias not in after:
-                why = "being deleted" if v.deleting else "no longer in spec.aliases"
-                if alias in o.waiting:
-                    why = o.waiting[alias]
-                o.new_events.append(_event(alias, "Removed", now, f"{alias} removed from {v.name}: {why}"))
+        _history_events(v, out[v.name], holder, now)
     return out
+
+
+def _history_events(v: VersionView, o: AliasOutcome, holder: Mapping[str, VersionView], now: str) -> None:
+    """The aliasHistory entries of one version's resolution (each move once)."""
+    o.aliases.sort()
+    before = set(v.status_aliases)
+    after = set(o.aliases)
+    for alias in sorted(before | set(v.spec_aliases) | set(o.refused)):
+        last = _last_action(v.history, alias)
+        if alias in after and alias not in before:
+            o.new_events.append(_event(alias, "Assigned", now, f"{v.name} (version {v.version}) holds {alias}"))
+        elif alias in o.superseded and (alias in before or last not in ("Superseded",)):
+            w = holder[alias]
+            o.new_events.append(
+                _event(alias, "Superseded", now, f"{alias} moved to {w.name} (version {w.version}), a newer claim")
+            )
+        elif alias in o.refused and (alias in before or last != "Refused"):
+            o.new_events.append(_event(alias, "Refused", now, o.refused[alias]))
+        elif alias in before and alias not in after:
+            why = "being deleted" if v.deleting else "no longer in spec.aliases"
+            if alias in o.waiting:
+                why = o.waiting[alias]
+            o.new_events.append(_event(alias, "Removed", now, f"{alias} removed from {v.name}: {why}"))
 
 
 def _event(alias: str, action: str, now: str, message: str) -> dict[str, Any]:

@@ -252,7 +252,7 @@ def requeue_after(
     if error:
         return REGISTRATION_RETRY_SECONDS
     if outcome.phase == status.QUEUED:
-        return min(QUEUED_RECHECK_MAX, QUEUED_RECHECK_FIRST * 2**checks)
+        return min(QUEUED_RECHECK_MAX, QUEUED_RECHECK_FIRST * 2.0**checks)
     if outcome.recheck_after is not None:
         return outcome.recheck_after
     if outcome.phase == status.RUNNING and settings.progress_interval > 0:

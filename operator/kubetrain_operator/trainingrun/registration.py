@@ -70,6 +70,27 @@ def build_model_version(
 ) -> dict[str, Any]:
     """The ModelVersion manifest for a successful run (validated through the typed API)."""
     name = run.metadata["name"]
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": model_version_name(run.spec.model, version),
+            "namespace": run.metadata.get("namespace"),
+            "labels": {
+                k8s.LABEL_MODEL: run.spec.model,
+                k8s.LABEL_RUN: name,
+                k8s.LABEL_RUN_UID: uid,
+                k8s.LABEL_MANAGED_BY: k8s.MANAGED_BY,
+            },
+        },
+        "spec": model_version_spec(run, uid, result, version, image),
+    }
+    return ModelVersion.model_validate(manifest).model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def model_version_spec(run: TrainingRun, uid: str, result: contract.Result, version: int, image: str) -> dict[str, Any]:
+    """artifact, lineage, runtime, metrics and signature of the run's model, and the aliases it asks for."""
+    name = run.metadata["name"]
     model = result.model or {}
     spec: dict[str, Any] = {
         "model": run.spec.model,
@@ -106,19 +127,4 @@ def build_model_version(
     signature = signature_of(result)
     if signature:
         spec["signature"] = signature
-    manifest = {
-        "apiVersion": API_VERSION,
-        "kind": "ModelVersion",
-        "metadata": {
-            "name": model_version_name(run.spec.model, version),
-            "namespace": run.metadata.get("namespace"),
-            "labels": {
-                k8s.LABEL_MODEL: run.spec.model,
-                k8s.LABEL_RUN: name,
-                k8s.LABEL_RUN_UID: uid,
-                k8s.LABEL_MANAGED_BY: k8s.MANAGED_BY,
-            },
-        },
-        "spec": spec,
-    }
-    return ModelVersion.model_validate(manifest).model_dump(by_alias=True, exclude_none=True, mode="json")
+    return spec

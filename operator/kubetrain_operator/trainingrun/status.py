@@ -204,77 +204,82 @@ def observe(
                 completion_time=format_time(now),
             )
         return Outcome(PENDING, REASON_POD_PENDING, "creating the trainer Job")
-
     jstatus = job.get("status") or {}
     start_time = jstatus.get("startTime")
     failed = int(jstatus.get("failed") or 0)
     live = int(jstatus.get("active") or 0) + int(jstatus.get("succeeded") or 0)
     attempts = failed + (1 if live else 0) or (1 if pods else None)
-
     complete = _job_condition(job, "Complete")
     if complete:
-        pod = result_pod(pods)
-        result = contract.parse_result(_terminated(pod).get("message") or "") if pod else None
-        return Outcome(
-            SUCCEEDED,
-            REASON_TRAINED,
-            (result.message if result and result.message else "the model was trained and saved"),
-            result=result,
-            exit_code=0,
-            start_time=start_time,
-            completion_time=jstatus.get("completionTime") or complete.get("lastTransitionTime"),
-            attempts=attempts,
-        )
-
+        return _succeeded_outcome(complete, jstatus, pods, attempts)
     job_failed = _job_condition(job, "Failed")
     if job_failed:
         return _failed_outcome(job_failed, pods, start_time, attempts)
-
     if job.get("spec", {}).get("suspend") and not int(jstatus.get("active") or 0):
-        if run.spec.suspend:
-            return Outcome(SUSPENDED, REASON_SUSPENDED, "spec.suspend is true", attempts=attempts)
-        if run.spec.queue_name:
-            message = f"waiting for admission by queue {run.spec.queue_name}"
-            if queue_detail:
-                message += f": {' '.join(queue_detail.split())[:QUEUE_DETAIL_MAX]}"
-            return Outcome(QUEUED, REASON_QUEUED, message)
-        return Outcome(PENDING, REASON_POD_PENDING, "resuming the trainer Job")
-
+        return _held_outcome(run, queue_detail, attempts)
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
         return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
     if any(pod_ever_started(p) for p in pods):
         # Between a pod's end and the Job's verdict, or a retry waiting to start: still running.
-        return Outcome(
-            RUNNING,
-            REASON_POD_RUNNING,
-            "the trainer is running (retry or finishing)",
-            start_time=start_time,
-            attempts=attempts,
-        )
+        message = "the trainer is running (retry or finishing)"
+        return Outcome(RUNNING, REASON_POD_RUNNING, message, start_time=start_time, attempts=attempts)
+    return _pending_outcome(run, job, pods, now, attempts)
 
+
+def _succeeded_outcome(
+    complete: dict[str, Any], jstatus: dict[str, Any], pods: list[dict[str, Any]], attempts: int | None
+) -> Outcome:
+    pod = result_pod(pods)
+    result = contract.parse_result(_terminated(pod).get("message") or "") if pod else None
+    return Outcome(
+        SUCCEEDED,
+        REASON_TRAINED,
+        (result.message if result and result.message else "the model was trained and saved"),
+        result=result,
+        exit_code=0,
+        start_time=jstatus.get("startTime"),
+        completion_time=jstatus.get("completionTime") or complete.get("lastTransitionTime"),
+        attempts=attempts,
+    )
+
+
+def _held_outcome(run: TrainingRun, queue_detail: str | None, attempts: int | None) -> Outcome:
+    """A suspended Job: by the run (Suspended), by Kueue (Queued), or being resumed (Pending)."""
+    if run.spec.suspend:
+        return Outcome(SUSPENDED, REASON_SUSPENDED, "spec.suspend is true", attempts=attempts)
+    if run.spec.queue_name:
+        message = f"waiting for admission by queue {run.spec.queue_name}"
+        if queue_detail:
+            message += f": {' '.join(queue_detail.split())[:QUEUE_DETAIL_MAX]}"
+        return Outcome(QUEUED, REASON_QUEUED, message)
+    return Outcome(PENDING, REASON_POD_PENDING, "resuming the trainer Job")
+
+
+def _pending_outcome(
+    run: TrainingRun, job: dict[str, Any], pods: list[dict[str, Any]], now: dt.datetime, attempts: int | None
+) -> Outcome:
+    """No trainer pod started yet: Pending until the start-up deadline, then Failed (the Job must go)."""
+    start_time = (job.get("status") or {}).get("startTime")
     reason, message = _pending_reason(pods)
-    if not any(pod_ever_started(p) for p in pods):
-        ref = parse_time(start_time) or parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
-        waited = (now - ref).total_seconds()
-        deadline = run.spec.startup_deadline_seconds
-        if waited >= deadline:
-            final = {
-                REASON_UNSCHEDULABLE: REASON_UNSCHEDULABLE,
-                REASON_IMAGE_PULL_BACKOFF: REASON_IMAGE_PULL_FAILED,
-            }.get(reason, REASON_STARTUP_DEADLINE_EXCEEDED)
-            return Outcome(
-                FAILED,
-                final,
-                f"no trainer pod started within startupDeadlineSeconds={deadline}: {message}",
-                start_time=start_time,
-                completion_time=format_time(now),
-                attempts=attempts,
-                delete_job=True,
-            )
-        return Outcome(
-            PENDING, reason, message, start_time=start_time, attempts=attempts, recheck_after=deadline - waited + 0.5
-        )
-    return Outcome(PENDING, reason, message, start_time=start_time, attempts=attempts)
+    ref = parse_time(start_time) or parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
+    waited = (now - ref).total_seconds()
+    deadline = run.spec.startup_deadline_seconds
+    if waited < deadline:
+        recheck = deadline - waited + 0.5
+        return Outcome(PENDING, reason, message, start_time=start_time, attempts=attempts, recheck_after=recheck)
+    final = {
+        REASON_UNSCHEDULABLE: REASON_UNSCHEDULABLE,
+        REASON_IMAGE_PULL_BACKOFF: REASON_IMAGE_PULL_FAILED,
+    }.get(reason, REASON_STARTUP_DEADLINE_EXCEEDED)
+    return Outcome(
+        FAILED,
+        final,
+        f"no trainer pod started within startupDeadlineSeconds={deadline}: {message}",
+        start_time=start_time,
+        completion_time=format_time(now),
+        attempts=attempts,
+        delete_job=True,
+    )
 
 
 def _failed_outcome(
@@ -343,29 +348,49 @@ def build_status(
     registration_error: str | None = None,
 ) -> dict[str, Any]:
     """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
-    prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
     st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
     if job_name:
         st["jobName"] = job_name
     attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0))
     if attempts:
         st["attempts"] = attempts
-    start = current.get("startTime") or outcome.start_time
-    if start:
-        st["startTime"] = start
     task = (outcome.result.task if outcome.result else None) or run.spec.task or current.get("task")
     if task:
         st["task"] = task
+    st.update(_timing_fields(outcome, current, now))
+    if outcome.phase == SUCCEEDED:
+        st["progress"] = {"step": "done", "percent": 100}
+    elif progress or current.get("progress"):
+        st["progress"] = progress or current.get("progress")
+    st.update(_result_fields(run, outcome))
+    if model_version or current.get("modelVersion"):
+        st["modelVersion"] = model_version or current.get("modelVersion")
+    if outcome.phase == FAILED:
+        st["failure"] = _failure(outcome)
+    prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
+    conds = _run_conditions(prev_conds, outcome, job_name, generation, now)
+    conds.extend(registered_condition(prev_conds, st.get("modelVersion"), registration_error, generation, now))
+    st["conditions"] = conds
+    return st
+
+
+def _timing_fields(outcome: Outcome, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    st: dict[str, Any] = {}
+    start = current.get("startTime") or outcome.start_time
+    if start:
+        st["startTime"] = start
     if outcome.terminal:
         completion = current.get("completionTime") or outcome.completion_time or format_time(now)
         st["completionTime"] = completion
         t0, t1 = parse_time(start), parse_time(completion)
         if t0 and t1:
             st["duration"] = format_duration((t1 - t0).total_seconds())
-    if outcome.phase == SUCCEEDED:
-        st["progress"] = {"step": "done", "percent": 100}
-    elif progress or current.get("progress"):
-        st["progress"] = progress or current.get("progress")
+    return st
+
+
+def _result_fields(run: TrainingRun, outcome: Outcome) -> dict[str, Any]:
+    """metrics, primaryMetric and (on success) the model, from the trainer's result."""
+    st: dict[str, Any] = {}
     result = outcome.result
     if result and result.metrics:
         st["metrics"] = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
@@ -376,35 +401,31 @@ def build_status(
         st["model"] = {
             k: result.model[k] for k in ("uri", "sha256", "size", "format") if result.model.get(k) is not None
         }
-    if model_version or current.get("modelVersion"):
-        st["modelVersion"] = model_version or current.get("modelVersion")
-    if outcome.phase == FAILED:
-        failure: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[:MESSAGE_MAX]}
-        if outcome.exit_code is not None:
-            failure["exitCode"] = outcome.exit_code
-        if outcome.log_tail:
-            failure["logTail"] = outcome.log_tail[-LOG_TAIL_MAX:]
-        st["failure"] = failure
+    return st
 
+
+def _failure(outcome: Outcome) -> dict[str, Any]:
+    failure: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[:MESSAGE_MAX]}
+    if outcome.exit_code is not None:
+        failure["exitCode"] = outcome.exit_code
+    if outcome.log_tail:
+        failure["logTail"] = outcome.log_tail[-LOG_TAIL_MAX:]
+    return failure
+
+
+def _run_conditions(
+    prev: list[dict[str, Any]], outcome: Outcome, job_name: str | None, generation: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """JobCreated, Running and the summary Succeeded condition."""
     conds = []
     if job_name:
-        conds.append(
-            _condition(prev_conds, COND_JOB_CREATED, "True", REASON_JOB_CREATED, f"Job {job_name}", generation, now)
-        )
-    running = outcome.phase == RUNNING
-    run_reason = (
-        outcome.reason if not outcome.terminal else (REASON_COMPLETED if outcome.phase == SUCCEEDED else outcome.reason)
-    )
-    conds.append(
-        _condition(
-            prev_conds, COND_RUNNING, "True" if running else "False", run_reason, outcome.message, generation, now
-        )
-    )
+        conds.append(_condition(prev, COND_JOB_CREATED, "True", REASON_JOB_CREATED, f"Job {job_name}", generation, now))
+    running = "True" if outcome.phase == RUNNING else "False"
+    run_reason = REASON_COMPLETED if outcome.phase == SUCCEEDED else outcome.reason
+    conds.append(_condition(prev, COND_RUNNING, running, run_reason, outcome.message, generation, now))
     summary = {SUCCEEDED: "True", FAILED: "False"}.get(outcome.phase, "Unknown")
-    conds.append(_condition(prev_conds, COND_SUCCEEDED, summary, outcome.reason, outcome.message, generation, now))
-    conds.extend(registered_condition(prev_conds, st.get("modelVersion"), registration_error, generation, now))
-    st["conditions"] = conds
-    return st
+    conds.append(_condition(prev, COND_SUCCEEDED, summary, outcome.reason, outcome.message, generation, now))
+    return conds
 
 
 def registered_condition(
