@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, wait_until
 
-from .conftest import MODELS_CLAIM, Operator, Workspace, iris_frame, iris_run
+from .conftest import DATA_CLAIM, MODELS_CLAIM, Operator, Workspace, iris_frame, iris_run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -88,6 +88,19 @@ def test_iris_succeeds_in_restricted_namespace(workspace: Workspace, operator: O
     print(f"iris: {writes:.0f} status writes")
     assert writes <= 5
     _quiet(ws, "iris")
+
+
+def test_run_created_model_version_carries_the_datasets_signature(workspace: Workspace, operator: Operator) -> None:
+    """spec.signature of a run-created ModelVersion: the feature columns with their pandas dtypes, the target."""
+    import pandas as pd
+
+    ws = workspace
+    ws.apply(iris_run("signed"))
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/signed", "--timeout=90s")
+    mv = ws.get("modelversion", ws.run("signed")["status"]["modelVersion"])
+    frame = pd.read_csv(ws.claim_dir(DATA_CLAIM) / "iris.csv")
+    features = [{"name": c, "dtype": str(frame[c].dtype)} for c in frame.columns if c != "species"]
+    assert mv["spec"]["signature"] == {"features": features, "target": "species"}
 
 
 def test_xgboost_run_trains_and_registers(workspace: Workspace, operator: Operator) -> None:

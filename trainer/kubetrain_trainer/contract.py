@@ -116,7 +116,16 @@ MODEL_FORMAT: Final = "joblib"
 RESULT_MAX_BYTES: Final = 4096
 PROGRESS_KEY: Final = "progress"
 #: Fields dropped, in this order, until the result fits in RESULT_MAX_BYTES (then the message is cut).
-TRIM_ORDER: Final = ("timings", "versions", "best_params", "dataset", "warnings", "estimator", "metrics")
+TRIM_ORDER: Final = (
+    "timings",
+    "versions",
+    "best_params",
+    "dataset",
+    "warnings",
+    "signature",
+    "estimator",
+    "metrics",
+)
 
 
 @dataclass
@@ -127,7 +136,8 @@ class Result:
     ``evaluation.cvFolds`` is set; ``search_best_score`` after a search).
     ``model``: ``{"uri", "sha256", "size", "format"}``. ``dataset``: ``{"rows", "columns",
     "fingerprint"}``. ``versions``: ``{"python", "sklearn", "joblib", "pandas", "numpy"}``.
-    ``timings``: step → seconds.
+    ``timings``: step → seconds. ``signature``: ``{"features": [{"name", "dtype"}], "target"}`` (the
+    API's ``Signature``; the operator copies it to the ModelVersion's ``spec.signature``).
     """
 
     outcome: str
@@ -144,6 +154,7 @@ class Result:
     versions: dict[str, str] | None = None
     timings: dict[str, float] | None = None
     warnings: list[str] | None = field(default=None)
+    signature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

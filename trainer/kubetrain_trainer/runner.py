@@ -100,6 +100,7 @@ class RunState:
     model: dict[str, Any] | None = None
     best_params: dict[str, Any] | None = None
     dataset: dict[str, Any] | None = None
+    signature: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -119,6 +120,7 @@ class RunState:
             model=self.model,
             best_params=self.best_params,
             dataset=self.dataset,
+            signature=self.signature,
             versions=library_versions(),
             timings={k: round(v, 3) for k, v in self.timings.items()} or None,
             warnings=self.warnings[:10] or None,
@@ -299,6 +301,11 @@ def _train(
     t0 = time.perf_counter()
     spec = cfg.spec
     prepared = load_and_prepare(cfg, state, progress, scratch)
+    sig = prepared.signature
+    state.signature = {
+        "features": [{"name": f["name"], "dtype": f["dtype"]} for f in sig["features"]],
+        "target": sig["target"],
+    }
     task = prepared.task
     estimator_class(spec.estimator.name, task)  # estimator/task mismatch after inference
     has_labels = prepared.y is not None
