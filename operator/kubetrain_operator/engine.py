@@ -46,6 +46,8 @@ log = logging.getLogger("kubetrain.engine")
 MAX_ERROR_DELAY = 300.0
 #: The shortest requeue: a pass asked for "again at once" still yields to the event loop.
 MIN_REQUEUE = 0.05
+#: Passes in a row that may end in Again before the next ones back off.
+MAX_AGAINS = 5
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class _State:
     pending: bool = False
     requeue: asyncio.TimerHandle | None = None
     failures: int = 0
+    agains: int = 0
     memory: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,8 +177,14 @@ class Engine:
             await apply_children(plan)
             await reconciler.act(facts, plan, state.memory)
         except Again as exc:
-            log.info("%s %s/%s: %s; reconciling again", reconciler.kind, namespace, key, exc)
-            return MIN_REQUEUE
+            state.agains += 1
+            # Bounded: facts that stay stale (they should not) back off like errors after a few passes.
+            delay = (
+                MIN_REQUEUE if state.agains <= MAX_AGAINS else min(MAX_ERROR_DELAY, 2.0 ** (state.agains - MAX_AGAINS))
+            )
+            log.info("%s %s/%s: %s; reconciling again in %.2fs", reconciler.kind, namespace, key, exc, delay)
+            return delay
+        state.agains = 0
         return plan.requeue
 
     def _requeue(self, kind: str, namespace: str, key: str, state: _State, delay: float) -> None:
