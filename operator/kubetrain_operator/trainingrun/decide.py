@@ -139,7 +139,7 @@ def progress_pod(
         return None
     if now.timestamp() - float(memory.get(MEM_PROGRESS_READ) or 0.0) < settings.progress_interval * 0.8:
         return None
-    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    running = [p for p in pods if "running" in (k8s.container_status(p, children.TRAINER_CONTAINER).get("state") or {})]
     if not running:
         return None
     return str(max(running, key=k8s.created)["metadata"]["name"])

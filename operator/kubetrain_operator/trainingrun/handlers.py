@@ -70,6 +70,7 @@ class TrainingRunReconciler:
         if plan.register is not None:
             await _register(facts, plan, memory)
         if plan.status:
+            log.debug("%s/%s: status patch %s", meta["namespace"], meta["name"], plan.status)
             await kube.patch_training_run_status(meta["namespace"], meta["name"], plan.status)
             _count_write(meta["namespace"], plan)
         for event in plan.events:

@@ -217,12 +217,10 @@ def observe(
         return _failed_outcome(job_failed, pods, start_time, attempts)
     if job.get("spec", {}).get("suspend") and not int(jstatus.get("active") or 0):
         return _held_outcome(run, queue_detail, attempts)
-    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
-        return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
     if any(pod_ever_started(p) for p in pods):
-        # Between a pod's end and the Job's verdict, or a retry waiting to start: still running.
-        message = "the trainer is running (retry or finishing)"
-        return Outcome(RUNNING, REASON_POD_RUNNING, message, start_time=start_time, attempts=attempts)
+        # Also between a pod's end and the Job's verdict, or while a retry waits to start: still running, and
+        # said the same way (no status write for a moment that the next event ends).
+        return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
     return _pending_outcome(run, job, pods, now, attempts)
 
 
