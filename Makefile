@@ -58,6 +58,7 @@ fmt: venv
 
 typecheck: venv
 	$(BIN)/mypy
+	$(BIN)/mypy --strict -p kubetrain_operator -p kubetrain_api
 
 crds: venv
 	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds

@@ -12,6 +12,7 @@ YAML uses camelCase; Python uses snake_case (``populate_by_name``). Unknown fiel
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -97,6 +98,18 @@ DEFAULT_PRIMARY_METRIC = {
     "anomalyDetection": "anomaly_rate",
 }
 MAX_GPUS = 16
+
+
+def primary_metric(metrics: Mapping[str, Any] | None, task: str | None, preferred: str | None = None) -> str | None:
+    """``name=value`` of the headline metric (printer columns of runs and versions): ``preferred`` when
+    computed, else the task's default, else the first of accuracy, r2, anomaly_rate, else the first by name."""
+    numbers = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
+    if not numbers:
+        return None
+    candidates = [preferred, DEFAULT_PRIMARY_METRIC.get(task or ""), *DEFAULT_PRIMARY_METRIC.values(), *sorted(numbers)]
+    name = next(n for n in candidates if n in numbers)
+    return f"{name}={numbers[name]:.4g}"
+
 
 TrainingRunPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 ModelVersionPhase = Literal["Pending", "Verifying", "Ready", "Failed"]

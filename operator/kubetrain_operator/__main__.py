@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     settings = get_settings()  # read the environment once, before anything runs
-    from . import handlers  # noqa: F401  (registers the kopf handlers)
+    from . import handlers  # noqa: F401  (registers the kinds and the kopf handlers)
 
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     asyncio.run(

@@ -75,13 +75,7 @@ async def get_training_run(namespace: str, name: str) -> dict[str, Any] | None:
 
 async def patch_training_run_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """JSON merge patch of the status subresource (no resourceVersion: our own fields only)."""
-    await client().patch(
-        TrainingRunResource.Status,
-        name,
-        {"status": patch},
-        namespace=namespace,
-        patch_type=PatchType.MERGE,
-    )
+    await patch_child("TrainingRun", namespace, name, {"status": patch})
 
 
 # --- Jobs and pods ---------------------------------------------------------------------------------------------
@@ -96,27 +90,42 @@ async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-async def create_job(manifest: dict[str, Any]) -> dict[str, Any]:
-    job: Any = Job.from_dict(manifest)
-    return _dict(await client().create(job))
+async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    pods = client().list(Pod, namespace=namespace, labels={"batch.kubernetes.io/job-name": job_name})
+    return [_dict(p) async for p in pods]
 
 
-async def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> None:
-    await client().patch(Job, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+# --- children of any kind (the engine's create / patch / delete) -----------------------------------------------
+
+_RESOURCES: dict[str, Any] = {"Job": Job, "TrainingRun": TrainingRunResource, "ModelVersion": ModelVersionResource}
 
 
-async def delete_job(namespace: str, name: str) -> None:
-    """Delete a Job and (in the background) its pods; a missing Job is fine."""
+async def create(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create ``manifest`` (a Job, TrainingRun or ModelVersion); ApiError (AlreadyExists ...) propagates."""
+    obj: Any = _RESOURCES[manifest["kind"]].from_dict(manifest)
+    return _dict(await client().create(obj))
+
+
+async def patch_child(kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """JSON merge patch; a top-level ``status`` key patches the status subresource instead. A missing
+    object is fine (it is gone: the next pass sees that)."""
+    resource = _RESOURCES[kind]
+    if set(patch) == {"status"}:
+        resource = resource.Status
     try:
-        await client().delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        await client().patch(resource, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
     except ApiError as exc:
         if not is_not_found(exc):
             raise
 
 
-async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    pods = client().list(Pod, namespace=namespace, labels={"batch.kubernetes.io/job-name": job_name})
-    return [_dict(p) async for p in pods]
+async def delete_child(kind: str, namespace: str, name: str) -> None:
+    """Delete an object (a Job with its pods, in the background); a missing one is fine."""
+    try:
+        await client().delete(_RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+    except ApiError as exc:
+        if not is_not_found(exc):
+            raise
 
 
 async def pod_log_tail(namespace: str, pod: str, container: str, lines: int) -> str | None:
@@ -130,53 +139,17 @@ async def pod_log_tail(namespace: str, pod: str, container: str, lines: int) -> 
     return "".join(out)
 
 
-# --- ModelVersions (creation on behalf of a TrainingRun) -----------------------------------------------------------
+# --- ModelVersions ------------------------------------------------------------------------------------------------
 
 
-async def list_model_versions(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
-    selector: Any = labels or None
-    items = client().list(ModelVersionResource, namespace=namespace, labels=selector)
-    return [_dict(i) async for i in items]
-
-
-async def create_model_version(manifest: dict[str, Any]) -> dict[str, Any]:
-    obj: Any = ModelVersionResource.from_dict(manifest)
-    return _dict(await client().create(obj))
-
-
-# --- ModelVersion ------------------------------------------------------------------------------------------------
-# (functions of the ModelVersion controller go below this line)
-
-
-async def get_model_version(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _dict(await client().get(ModelVersionResource, name, namespace=namespace))
-    except ApiError as exc:
-        if is_not_found(exc):
-            return None
-        raise
-
-
-async def list_versions_of_model(namespace: str, model: str) -> list[dict[str, Any]]:
-    """Every ModelVersion of ``model`` in the namespace, by spec.model (hand-made ones may lack the label)."""
-    items = client().list(ModelVersionResource, namespace=namespace)
-    return [d async for d in (_dict(i) async for i in items) if (d.get("spec") or {}).get("model") == model]
+async def list_model_versions(namespace: str) -> list[dict[str, Any]]:
+    """Every ModelVersion of the namespace (hand-made ones may lack the model label: filter by spec.model)."""
+    return [_dict(i) async for i in client().list(ModelVersionResource, namespace=namespace)]
 
 
 async def patch_model_version_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """JSON merge patch of the ModelVersion status subresource (never the spec)."""
-    await client().patch(
-        ModelVersionResource.Status, name, {"status": patch}, namespace=namespace, patch_type=PatchType.MERGE
-    )
-
-
-async def delete_model_version(namespace: str, name: str) -> None:
-    """Delete one ModelVersion (retention); a missing one is fine."""
-    try:
-        await client().delete(ModelVersionResource, name, namespace=namespace)
-    except ApiError as exc:
-        if not is_not_found(exc):
-            raise
+    await patch_child("ModelVersion", namespace, name, {"status": patch})
 
 
 async def kueue_admission_message(namespace: str, job_uid: str) -> str | None:

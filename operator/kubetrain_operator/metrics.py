@@ -31,7 +31,7 @@ RUN_TRANSITIONS = Counter(
 RUN_FAILURES = Counter(
     "kubetrain_trainingrun_failures_total", "Runs that ended Failed, by reason", ["namespace", "reason"]
 )
-JOBS_CREATED = Counter("kubetrain_jobs_created_total", "Trainer Jobs created", ["namespace"])
+JOBS_CREATED = Counter("kubetrain_jobs_created_total", "Jobs created (trainer, verification, cleanup)", ["namespace"])
 STATUS_WRITES = Counter("kubetrain_status_writes_total", "Status patches sent", ["kind"])
 RUN_DURATION = Histogram(
     "kubetrain_trainingrun_duration_seconds",

@@ -263,6 +263,63 @@ def test_hand_registered_verification_protection_and_delete_policy(
     assert (models / "offline" / "b" / "model.joblib").exists()
 
 
+def _watch(cluster: Cluster, ns: str, what: str, seen: Callable[[dict[str, Any]], bool]) -> tuple[Any, list[float]]:
+    """``kubectl get WHAT --watch -o json`` in a thread; the monotonic time of the first object for which
+    ``seen`` holds goes into the returned list."""
+    import threading
+
+    proc = subprocess.Popen(
+        ["kubectl", "get", what, "-n", ns, "--watch", "--output-watch-events", "-o", "json"],
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    times: list[float] = []
+
+    def read() -> None:
+        decoder, buf = json.JSONDecoder(), ""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            buf += line
+            try:
+                event, _ = decoder.raw_decode(buf.strip())
+            except ValueError:
+                continue
+            buf = ""
+            if not times and seen(event.get("object") or {}):
+                times.append(time.monotonic())
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, times
+
+
+def test_verification_ready_follows_the_jobs_completion_within_a_second(
+    cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
+) -> None:
+    """The verification Job is watched like a trainer Job: its completion, not a poll, makes the version Ready."""
+    _, sha = local_artifact(models / "offline" / "fast")
+    operator_factory()
+
+    def job_done(job: dict[str, Any]) -> bool:
+        conds = (job.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Complete" and c["status"] == "True" for c in conds)
+
+    jobs, job_times = _watch(cluster, ns, "jobs", job_done)
+    versions, ready_times = _watch(cluster, ns, "mv", lambda o: (o.get("status") or {}).get("phase") == "Ready")
+    try:
+        time.sleep(1)  # both watches are established before the version exists
+        uri = f"pvc://{MODEL_CLAIM}/offline/fast/model.joblib"
+        cluster.apply(hand_mv("fast-v1", "fast", 1, uri, sha), ns)
+        wait_phase(cluster, ns, "fast-v1", "Ready")
+        wait_for(lambda: job_times and ready_times, 10, "both watches saw it")
+    finally:
+        jobs.terminate()
+        versions.terminate()
+    lag = ready_times[0] - job_times[0]
+    print(f"MEASURE verification Job Complete -> ModelVersion Ready in {lag:.3f}s")
+    assert lag < 1.0, f"Ready came {lag:.2f}s after the Job completed"
+
+
 def test_concurrent_runs_retention_and_operator_kill(
     cluster: Cluster, ns: str, models: Path, operator_factory: Callable[..., Operator]
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, wait_until
 
-from .conftest import MODELS_CLAIM, Operator, Workspace, iris_frame, iris_run
+from .conftest import DATA_CLAIM, MODELS_CLAIM, Operator, Workspace, iris_frame, iris_run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -88,6 +88,19 @@ def test_iris_succeeds_in_restricted_namespace(workspace: Workspace, operator: O
     print(f"iris: {writes:.0f} status writes")
     assert writes <= 5
     _quiet(ws, "iris")
+
+
+def test_run_created_model_version_carries_the_datasets_signature(workspace: Workspace, operator: Operator) -> None:
+    """spec.signature of a run-created ModelVersion: the feature columns with their pandas dtypes, the target."""
+    import pandas as pd
+
+    ws = workspace
+    ws.apply(iris_run("signed"))
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/signed", "--timeout=90s")
+    mv = ws.get("modelversion", ws.run("signed")["status"]["modelVersion"])
+    frame = pd.read_csv(ws.claim_dir(DATA_CLAIM) / "iris.csv")
+    features = [{"name": c, "dtype": str(frame[c].dtype)} for c in frame.columns if c != "species"]
+    assert mv["spec"]["signature"] == {"features": features, "target": "species"}
 
 
 def test_xgboost_run_trains_and_registers(workspace: Workspace, operator: Operator) -> None:
@@ -208,13 +221,78 @@ def test_spec_the_operator_refuses_is_config_invalid_without_job(
     _quiet(ws, "too-many-gpus")
 
 
+def _refuse_status_writes(ws: Workspace, name: str) -> Callable[[], None]:
+    """A ValidatingAdmissionPolicy (the API server's own CEL admission) that refuses every write of
+    trainingruns/status in the workspace: the operator can create a Job but never record it. Returns the
+    function that lifts it."""
+    policy = f"refuse-run-status-{ws.namespace}"
+    ws.cluster.apply(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["kubetrain.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["UPDATE", "CREATE"],
+                            "resources": ["trainingruns/status"],
+                        }
+                    ]
+                },
+                "validations": [{"expression": "false", "message": "test: status writes refused"}],
+            },
+        }
+    )
+    ws.cluster.apply(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ws.namespace}}},
+            },
+        }
+    )
+
+    def lift() -> None:
+        ws.cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy)
+
+    # The policy is enforced once the API server has loaded it: a status write of a probe run is refused.
+    probe = f"{name}-probe"
+    ws.apply(iris_run(probe, suspend=True))
+
+    def refused() -> bool:
+        patch = '{"status":{"phase":"Pending"}}'
+        proc = ws.kubectl(
+            "patch", "trainingrun", probe, "--subresource=status", "--type=merge", "-p", patch, check=False
+        )
+        return proc.returncode != 0 and "status writes refused" in proc.stderr
+
+    wait_until("the admission policy refuses status writes", refused, 30, 0.5)
+    ws.kubectl("delete", "trainingrun", probe, "--wait=false")
+    return lift
+
+
 def test_operator_killed_after_job_create_restarts_to_one_job(
     workspace: Workspace, operator_factory: Callable[..., Operator]
 ) -> None:
+    """The operator dies between creating the Job and writing any status (killed from outside: the API
+    server refuses its status writes, the test SIGKILLs it when the Job appears), then starts again."""
     ws = workspace
-    op = operator_factory(KUBETRAIN_TEST_EXIT_AFTER_JOB_CREATE="1")
-    ws.apply(iris_run("crashy-operator"))
-    assert op.wait_exit(timeout=60) == 17  # died right after creating the Job, before any status write
+    lift = _refuse_status_writes(ws, "crashy-operator")
+    op = operator_factory()
+    try:
+        ws.apply(iris_run("crashy-operator"))
+        wait_until("the Job appears", lambda: ws.jobs("crashy-operator"), 60, 0.1)
+        op.kill()  # died right after creating the Job, before any status write
+    finally:
+        lift()
     run = ws.run("crashy-operator")
     assert not (run.get("status") or {}).get("jobName")
     assert len(ws.jobs("crashy-operator")) == 1

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 from kubetrain_api.models import TrainingRun
-from kubetrain_operator import jobs
+from kubetrain_operator import k8s
 from kubetrain_operator.settings import Settings
+from kubetrain_operator.trainingrun import children as jobs
 from kubetrain_trainer import contract
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_owner_reference_and_labels() -> None:
         assert labels["app.kubernetes.io/component"] == "trainer"
         assert labels["app.kubernetes.io/name"] == "kubetrain"
         assert labels["kubetrain.io/run"] == "iris" and labels["kubetrain.io/model"] == "iris"
-    assert jobs.owned_by(job, UID) and not jobs.owned_by(job, "someone-else")
+    assert k8s.owned_by(job, UID) and not k8s.owned_by(job, "someone-else")
 
 
 def test_restricted_pod_security() -> None:
@@ -210,8 +211,8 @@ def test_job_command_is_accepted_by_the_trainer_cli() -> None:
 def test_job_env_names_are_the_trainer_contract() -> None:
     env = env_of(jobs.build_trainer_job(make_run(), UID, Settings()))
     contract_names = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
-    # read by the trainer but not (yet) constants in contract.py — reported to the trainer engineer
-    extra = {jobs.ENV_OUTPUT_URI, jobs.ENV_RUN_NAME, "HOME"}
+    # every name but HOME is a constant of the trainer contract
+    extra = {"HOME"}
     assert set(env) - contract_names <= extra
     assert {contract.ENV_CONFIG, contract.ENV_DATASET_PATH, contract.ENV_OUTPUT_DIR, contract.ENV_CPU_LIMIT} <= set(env)
     assert env[contract.ENV_CPU_LIMIT] == {"resourceFieldRef": {"containerName": "trainer", "resource": "limits.cpu"}}

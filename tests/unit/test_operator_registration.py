@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from kubetrain_operator import registration
+from kubetrain_operator.trainingrun import registration
 from kubetrain_trainer import contract
 
 from tests.unit.test_operator_jobs import UID, make_run
@@ -79,3 +79,18 @@ def test_model_version_carries_the_runs_credentials_references() -> None:
     assert spec["envFrom"] == refs and spec["serviceAccountName"] == "trainer-irsa"
     plain = registration.build_model_version(make_run(), UID, result, 1, "img:1")["spec"]
     assert "envFrom" not in plain and "serviceAccountName" not in plain
+
+
+def test_signature_from_the_trainers_result_fits_the_api() -> None:
+    result = contract.Result(
+        outcome="Succeeded", reason="Trained", model={"uri": "pvc://m/iris/model.joblib", "sha256": "a" * 64}
+    )
+    raw = {"features": [{"name": "x", "dtype": "float64", "kind": "numeric"}], "target": "y"}
+    result.signature = raw
+    assert registration.signature_of(result) == {"features": [{"name": "x", "dtype": "float64"}], "target": "y"}
+    mv = registration.build_model_version(make_run(), UID, result, 1, "img")
+    assert mv["spec"]["signature"] == {"features": [{"name": "x", "dtype": "float64"}], "target": "y"}
+    result.signature = {"features": "not a list"}
+    assert registration.signature_of(result) == {"features": []}
+    result.signature = None
+    assert registration.signature_of(result) is None

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import kopf
 import pytest
-from kubetrain_operator.handlers import startup
+from kubetrain_operator import startup
 from kubetrain_operator.settings import Settings, get_settings, set_settings
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubetrain_api.models import TrainingRun, TrainingRunStatus
-from kubetrain_operator import status as st
+from kubetrain_operator.trainingrun import status as st
 
 from tests.unit.test_operator_jobs import make_run
 

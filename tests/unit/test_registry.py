@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubetrain_operator import registry as r
+from kubetrain_operator import k8s
+from kubetrain_operator.modelversion import aliases, children, retention
+from kubetrain_operator.modelversion import status as mvstatus
 from kubetrain_operator.settings import Settings
 
 NOW = "2026-01-01T00:00:10.000000Z"
@@ -29,10 +31,10 @@ def mv_obj(
         "namespace": "ns",
         "uid": f"uid-{version}",
         "generation": 1,
-        "labels": {r.MODEL_LABEL: model},
+        "labels": {k8s.LABEL_MODEL: model},
     }
     if run:
-        meta["labels"][r.RUN_UID_LABEL] = f"run-{version}"
+        meta["labels"][k8s.LABEL_RUN_UID] = f"run-{version}"
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     if managed_time:
@@ -69,15 +71,17 @@ def claim(alias: str, time: str, observed: str = "2026-01-01T00:00:00.000000Z") 
     return {"alias": alias, "time": time, "observed": observed, "generation": 1}
 
 
-def resolve(objs: list[dict[str, Any]], protected: tuple[str, ...] = ("production",)) -> dict[str, r.AliasOutcome]:
-    return r.resolve_aliases([r.VersionView.from_obj(o) for o in objs], protected, NOW)
+def resolve(
+    objs: list[dict[str, Any]], protected: tuple[str, ...] = ("production",)
+) -> dict[str, aliases.AliasOutcome]:
+    return aliases.resolve_aliases([aliases.VersionView.from_obj(o) for o in objs], protected, NOW)
 
 
-def apply(objs: list[dict[str, Any]], outcomes: dict[str, r.AliasOutcome]) -> list[dict[str, Any]]:
+def apply(objs: list[dict[str, Any]], outcomes: dict[str, aliases.AliasOutcome]) -> list[dict[str, Any]]:
     """Write each outcome's patch into its object, as the handler does."""
     out = []
     for o in objs:
-        patch = r.alias_status_patch(o, outcomes[o["metadata"]["name"]], NOW)
+        patch = aliases.alias_status_patch(o, outcomes[o["metadata"]["name"]], NOW)
         new = {**o, "status": {**o["status"], **(patch or {})}}
         out.append(new)
     return out
@@ -199,17 +203,17 @@ def test_move_records_history_and_conditions_and_is_idempotent() -> None:
     assert [e["action"] for e in v1s["aliasHistory"]] == ["Assigned", "Superseded"]
     assert "iris-v2" in v1s["aliasHistory"][-1]["message"]
     assert [e["action"] for e in v2s["aliasHistory"]] == ["Assigned"]
-    sup = next(c for c in v1s["conditions"] if c["type"] == r.COND_ALIAS_SUPERSEDED)
+    sup = next(c for c in v1s["conditions"] if c["type"] == aliases.COND_ALIAS_SUPERSEDED)
     assert sup["status"] == "True" and "iris-v2" in sup["message"]
     # idempotent: a second pass changes nothing
     again = resolve(objs)
-    assert all(r.alias_status_patch(o, again[o["metadata"]["name"]], NOW) is None for o in objs)
+    assert all(aliases.alias_status_patch(o, again[o["metadata"]["name"]], NOW) is None for o in objs)
     # remove the alias from v2's spec: v1 regains it (its claim still stands), v2 records Removed
     objs[1]["spec"]["aliases"] = []
     objs = apply(objs, resolve(objs))
     assert objs[0]["status"]["aliases"] == ["production"]
     assert objs[1]["status"]["aliasHistory"][-1]["action"] == "Removed"
-    sup = next(c for c in objs[0]["status"]["conditions"] if c["type"] == r.COND_ALIAS_SUPERSEDED)
+    sup = next(c for c in objs[0]["status"]["conditions"] if c["type"] == aliases.COND_ALIAS_SUPERSEDED)
     assert sup["status"] == "False"
 
 
@@ -218,15 +222,15 @@ def test_refused_event_once_and_condition() -> None:
     objs = apply(objs, resolve(objs))
     st = objs[0]["status"]
     assert [e["action"] for e in st["aliasHistory"]] == ["Refused"]
-    assert any(c["type"] == r.COND_ALIAS_REFUSED and c["status"] == "True" for c in st["conditions"])
-    assert r.alias_status_patch(objs[0], resolve(objs)["iris-v2"], NOW) is None
+    assert any(c["type"] == aliases.COND_ALIAS_REFUSED and c["status"] == "True" for c in st["conditions"])
+    assert aliases.alias_status_patch(objs[0], resolve(objs)["iris-v2"], NOW) is None
 
 
 def test_history_is_bounded() -> None:
-    history = [{"alias": "x", "action": "Assigned", "time": T1}] * r.HISTORY_LIMIT
+    history = [{"alias": "x", "action": "Assigned", "time": T1}] * aliases.HISTORY_LIMIT
     o = mv_obj(1, aliases=("p",), status={"aliasHistory": history})
-    patch = r.alias_status_patch(o, resolve([o])["iris-v1"], NOW)
-    assert patch is not None and len(patch["aliasHistory"]) == r.HISTORY_LIMIT
+    patch = aliases.alias_status_patch(o, resolve([o])["iris-v1"], NOW)
+    assert patch is not None and len(patch["aliasHistory"]) == aliases.HISTORY_LIMIT
     assert patch["aliasHistory"][-1]["alias"] == "p"
 
 
@@ -254,7 +258,7 @@ def test_history_is_bounded() -> None:
     ],
 )
 def test_select_for_deletion(case: str, objs: list[dict[str, Any]], keep: int, expected: list[str]) -> None:
-    assert r.select_for_deletion([r.VersionView.from_obj(o) for o in objs], keep) == expected, case
+    assert retention.select_for_deletion([aliases.VersionView.from_obj(o) for o in objs], keep) == expected, case
 
 
 @pytest.mark.parametrize(
@@ -268,17 +272,17 @@ def test_select_for_deletion(case: str, objs: list[dict[str, Any]], keep: int, e
     ],
 )
 def test_artifact_dir(uri: str, expected: str) -> None:
-    assert r.artifact_dir(uri) == expected
+    assert mvstatus.artifact_dir(uri) == expected
 
 
 def test_serving_hint() -> None:
     spec = mv_obj(1)["spec"] | {"runtime": {"scikitLearn": "1.6.1", "python": "3.11.9"}}
-    assert r.serving_hint(spec) == {
+    assert mvstatus.serving_hint(spec) == {
         "modelFormat": {"name": "sklearn", "version": "1"},
         "storageUri": "pvc://models/iris/run-a",
         "runtime": {"scikitLearn": "1.6.1", "python": "3.11.9"},
     }
-    assert r.serving_hint(mv_obj(1)["spec"])["modelFormat"] == {"name": "sklearn"}
+    assert mvstatus.serving_hint(mv_obj(1)["spec"])["modelFormat"] == {"name": "sklearn"}
 
 
 @pytest.mark.parametrize(
@@ -294,26 +298,26 @@ def test_primary_metric(metrics: dict[str, float], task: str | None, expected: s
     spec: dict[str, Any] = {"metrics": metrics}
     if task:
         spec["signature"] = {"task": task}
-    assert r.primary_metric(spec) == expected
+    assert mvstatus.primary_metric(spec) == expected
 
 
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        ("checksum mismatch for model.joblib: expected a, got b", r.REASON_CHECKSUM_MISMATCH),
-        ("model file /x not found", r.REASON_VERIFY_FAILED),
+        ("checksum mismatch for model.joblib: expected a, got b", mvstatus.REASON_CHECKSUM_MISMATCH),
+        ("model file /x not found", mvstatus.REASON_VERIFY_FAILED),
     ],
 )
 def test_verify_failure_reason(message: str, reason: str) -> None:
-    assert r.verify_failure_reason(message) == reason
+    assert mvstatus.verify_failure_reason(message) == reason
 
 
 def test_child_job_name_budget_and_determinism() -> None:
     long = "m" * 60 + "-v12"
-    name = r.child_job_name(long, "verify", "uid", "uri")
+    name = children.child_job_name(long, "verify", "uid", "uri")
     assert len(name) <= 63 and name.endswith(name[-8:]) and "-verify-" in name
-    assert name == r.child_job_name(long, "verify", "uid", "uri")
-    assert name != r.child_job_name(long, "verify", "uid2", "uri")
+    assert name == children.child_job_name(long, "verify", "uid", "uri")
+    assert name != children.child_job_name(long, "verify", "uid2", "uri")
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
@@ -323,9 +327,11 @@ def _container(job: dict[str, Any]) -> dict[str, Any]:
 def test_build_verify_job_pvc() -> None:
     mv = mv_obj(1, run=False)
     settings = Settings(trainer_image="example.com/trainer:1")
-    job = r.build_verify_job(mv, settings)
-    assert job["metadata"]["name"] == r.verify_job_name(mv) and job["metadata"]["name"].startswith("iris-v1-verify-")
-    assert job["metadata"]["labels"][r.COMPONENT_LABEL] == "verify"
+    job = children.build_verify_job(mv, settings)
+    assert job["metadata"]["name"] == children.verify_job_name(mv) and job["metadata"]["name"].startswith(
+        "iris-v1-verify-"
+    )
+    assert job["metadata"]["labels"][k8s.LABEL_KUBETRAIN_COMPONENT] == "verify"
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["podFailurePolicy"]["rules"]
     pod = job["spec"]["template"]["spec"]
@@ -347,7 +353,7 @@ def test_build_verify_job_pvc() -> None:
 
 def test_build_verify_job_s3() -> None:
     mv = mv_obj(1, run=False, uri="s3://bucket/iris/model.joblib")
-    job = r.build_verify_job(mv, Settings())
+    job = children.build_verify_job(mv, Settings())
     env = {e["name"]: e["value"] for e in _container(job)["env"]}
     assert env["KUBETRAIN_VERIFY_URI"] == "s3://bucket/iris/model.joblib"
     assert not any("persistentVolumeClaim" in v for v in job["spec"]["template"]["spec"]["volumes"])
@@ -360,7 +366,7 @@ def test_build_verify_job_s3_credentials_from_env_from_and_service_account() -> 
     mv = mv_obj(1, run=False, uri="s3://bucket/iris/model.joblib")
     refs = [{"secretRef": {"name": "s3-creds"}}, {"configMapRef": {"name": "s3-endpoint"}}]
     mv["spec"].update(envFrom=refs, serviceAccountName="model-reader")
-    job = r.build_verify_job(mv, Settings())
+    job = children.build_verify_job(mv, Settings())
     pod = job["spec"]["template"]["spec"]
     assert _container(job)["envFrom"] == refs
     assert pod["serviceAccountName"] == "model-reader" and pod["automountServiceAccountToken"] is True
@@ -368,17 +374,17 @@ def test_build_verify_job_s3_credentials_from_env_from_and_service_account() -> 
     names = [e["name"] for e in _container(job)["env"]]
     assert names == ["KUBETRAIN_VERIFY_URI", "KUBETRAIN_VERIFY_SHA256"]
     # The cleanup Job of the same version does not get them (it only touches pvc:// artifacts).
-    cleanup = r.build_cleanup_job(mv_obj(1, run=False), Settings(), "pvc://models/iris/run-a")
+    cleanup = children.build_cleanup_job(mv_obj(1, run=False), Settings(), "pvc://models/iris/run-a")
     assert "envFrom" not in _container(cleanup)
 
 
 def test_cleanup_target_and_job() -> None:
     mv = mv_obj(1)
-    assert r.cleanup_target(mv) == "pvc://models/iris/run-a"
-    assert r.cleanup_target(mv, [mv_obj(2)]) is None  # v2 shares the directory
-    assert r.cleanup_target(mv_obj(1, uri="s3://b/k/model.joblib")) is None
-    assert r.cleanup_target(mv_obj(1, uri="pvc://models/model.joblib")) is None  # the claim's root
-    job = r.build_cleanup_job(mv, Settings(), "pvc://models/iris/run-a")
+    assert children.cleanup_target(mv) == "pvc://models/iris/run-a"
+    assert children.cleanup_target(mv, [mv_obj(2)]) is None  # v2 shares the directory
+    assert children.cleanup_target(mv_obj(1, uri="s3://b/k/model.joblib")) is None
+    assert children.cleanup_target(mv_obj(1, uri="pvc://models/model.joblib")) is None  # the claim's root
+    job = children.build_cleanup_job(mv, Settings(), "pvc://models/iris/run-a")
     c = _container(job)
     assert c["command"][:2] == ["python", "-c"] and c["command"][-1] == "/mnt/kubetrain/pvc/models/iris/run-a"
-    assert job["metadata"]["labels"][r.COMPONENT_LABEL] == "cleanup"
+    assert job["metadata"]["labels"][k8s.LABEL_KUBETRAIN_COMPONENT] == "cleanup"

@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from kubetrain_api.models import API_VERSION, TrainingRun, parse_quantity
 from kubetrain_trainer import contract
 
-from .settings import Settings
+from .. import k8s
+from ..settings import Settings
 
 TRAINER_CONTAINER = "trainer"
-TRAINER_COMMAND = ["python", "-m", "kubetrain_trainer", "run"]
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TMP_DIR = "/tmp"
-
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_RUN = "kubetrain.io/run"
-LABEL_RUN_UID = "kubetrain.io/run-uid"
-LABEL_MODEL = "kubetrain.io/model"
-LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-MANAGED_BY = "kubetrain"
-COMPONENT_TRAINER = "trainer"
-#: The server-side label selector of the Jobs and pods the operator watches.
-OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_TRAINER}"
-
-# Not (yet) constants of the trainer contract, but read by the trainer.
-ENV_OUTPUT_URI = "KUBETRAIN_OUTPUT_URI"
-ENV_RUN_NAME = "KUBETRAIN_RUN_NAME"
 
 
 def job_name(run_name: str, uid: str) -> str:
@@ -47,21 +28,8 @@ def job_name(run_name: str, uid: str) -> str:
     return f"{run_name}-{hashlib.sha256(uid.encode()).hexdigest()[:4]}"
 
 
-@dataclass(frozen=True)
-class ClaimMount:
-    """One PersistentVolumeClaim mounted into the trainer pod."""
-
-    claim: str
-    volume: str
-    mount_path: str
-    read_only: bool
-
-
 def _pvc_parts(uri: str) -> tuple[str, str]:
-    """``pvc://claim/a/b`` → ("claim", "a/b")."""
-    rest = uri.removeprefix("pvc://")
-    claim, _, path = rest.partition("/")
-    return claim, path.strip("/")
+    return k8s.pvc_parts(uri) or ("", "")
 
 
 def effective_output(run: TrainingRun, settings: Settings) -> str:
@@ -69,7 +37,7 @@ def effective_output(run: TrainingRun, settings: Settings) -> str:
     return run.spec.output.uri if run.spec.output else settings.default_output
 
 
-def claim_mounts(run: TrainingRun, settings: Settings) -> list[ClaimMount]:
+def claim_mounts(run: TrainingRun, settings: Settings) -> list[k8s.Volume]:
     """Claims the pod needs: the dataset's (read-only unless also the output's) and the output's."""
     writable: set[str] = set()
     claims: list[str] = []
@@ -83,7 +51,7 @@ def claim_mounts(run: TrainingRun, settings: Settings) -> list[ClaimMount]:
         if claim not in claims:
             claims.append(claim)
     return [
-        ClaimMount(claim, f"pvc-{i}", f"{settings.pvc_mount_root}/{claim}", claim not in writable)
+        k8s.Volume(f"pvc-{i}", claim, f"{settings.pvc_mount_root}/{claim}", claim not in writable)
         for i, claim in enumerate(sorted(claims))
     ]
 
@@ -123,15 +91,15 @@ def trainer_env(run: TrainingRun, uid: str, settings: Settings) -> list[dict[str
     """The trainer container's environment (names from the trainer contract)."""
     env: list[dict[str, Any]] = [
         {"name": contract.ENV_CONFIG, "value": config_json(run, uid)},
-        {"name": ENV_RUN_NAME, "value": run.metadata["name"]},
-        {"name": ENV_OUTPUT_URI, "value": effective_output(run, settings)},
+        {"name": contract.ENV_RUN_NAME, "value": run.metadata["name"]},
+        {"name": contract.ENV_OUTPUT_URI, "value": effective_output(run, settings)},
         {"name": contract.ENV_PVC_ROOT, "value": settings.pvc_mount_root},
-        {"name": contract.ENV_TERMINATION_LOG, "value": TERMINATION_MESSAGE_PATH},
+        {"name": contract.ENV_TERMINATION_LOG, "value": k8s.TERMINATION_MESSAGE_PATH},
         {
             "name": contract.ENV_CPU_LIMIT,
             "valueFrom": {"resourceFieldRef": {"containerName": TRAINER_CONTAINER, "resource": "limits.cpu"}},
         },
-        {"name": "HOME", "value": TMP_DIR},
+        {"name": "HOME", "value": k8s.TMP_DIR},
     ]
     ds = dataset_path(run, settings)
     if ds:
@@ -171,13 +139,9 @@ def tolerations(run: TrainingRun, settings: Settings) -> list[dict[str, Any]]:
 
 
 def labels(run: TrainingRun) -> dict[str, str]:
-    return {
-        LABEL_NAME: "kubetrain",
-        LABEL_COMPONENT: COMPONENT_TRAINER,
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_RUN: run.metadata["name"],
-        LABEL_MODEL: run.spec.model,
-    }
+    return k8s.child_labels(
+        k8s.COMPONENT_TRAINER, **{k8s.LABEL_RUN: run.metadata["name"], k8s.LABEL_MODEL: run.spec.model}
+    )
 
 
 def desired_suspend(run: TrainingRun) -> bool | None:
@@ -189,64 +153,26 @@ def desired_suspend(run: TrainingRun) -> bool | None:
     return False
 
 
-def service_account_fields(name: str | None) -> dict[str, Any]:
-    """Pod spec fields for a ServiceAccount the user names (IRSA, workload identity): its token is mounted
-    only then, never the namespace's default one. Trainer and verification pods alike."""
-    return (
-        {"automountServiceAccountToken": True, "serviceAccountName": name}
-        if name
-        else {"automountServiceAccountToken": False}
+def trainer_container(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+    """The trainer container: the contract's command and environment, the run's resources."""
+    spec = run.spec
+    return k8s.restricted_container(
+        TRAINER_CONTAINER,
+        spec.image or settings.trainer_image,
+        settings.image_pull_policy,
+        command=list(contract.RUN_COMMAND),
+        env=trainer_env(run, uid, settings),
+        **({"envFrom": [e.dump() for e in spec.env_from]} if spec.env_from else {}),
+        resources=resources(run, settings),
     )
 
 
-def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
-    """The trainer Job manifest of ``run`` (whose metadata.uid is ``uid``)."""
-    name = run.metadata["name"]
-    namespace = run.metadata.get("namespace")
+def trainer_pod_spec(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+    """The restricted pod spec with the run's scheduling fields."""
     spec = run.spec
-    job_labels = labels(run)
-    if spec.queue_name:
-        job_labels[LABEL_QUEUE] = spec.queue_name
-    pod_labels = labels(run)
-    mounts = claim_mounts(run, settings)
-
-    container: dict[str, Any] = {
-        "name": TRAINER_CONTAINER,
-        "image": spec.image or settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": list(TRAINER_COMMAND),
-        "env": trainer_env(run, uid, settings),
-        **({"envFrom": [e.dump() for e in spec.env_from]} if spec.env_from else {}),
-        "resources": resources(run, settings),
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}]
-        + [{"name": m.volume, "mountPath": m.mount_path, "readOnly": m.read_only} for m in mounts],
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        **service_account_fields(spec.service_account_name),
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}]
-        + [
-            {"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}} for m in mounts
-        ],
-    }
+    pod_spec = k8s.restricted_pod_spec(
+        trainer_container(run, uid, settings), claim_mounts(run, settings), spec.service_account_name
+    )
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     tols = tolerations(run, settings)
@@ -256,24 +182,16 @@ def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[st
         pod_spec["affinity"] = spec.affinity
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    return pod_spec
 
+
+def trainer_job_spec(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+    spec = run.spec
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": TRAINER_CONTAINER,
-                        "operator": "In",
-                        "values": list(contract.TERMINAL_EXIT_CODES),
-                    },
-                },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]
-        },
+        "podFailurePolicy": k8s.fail_fast_policy(TRAINER_CONTAINER),
         "suspend": bool(spec.suspend or spec.queue_name),
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels(run)}, "spec": trainer_pod_spec(run, uid, settings)},
     }
     parallelism = spec.search.parallelism if spec.search else 1
     if parallelism > 1:
@@ -282,31 +200,24 @@ def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[st
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return job_spec
 
+
+def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+    """The trainer Job manifest of ``run`` (whose metadata.uid is ``uid``)."""
+    name = run.metadata["name"]
+    job_labels = labels(run)
+    if run.spec.queue_name:
+        job_labels[k8s.LABEL_QUEUE] = run.spec.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": job_name(name, uid),
-            "namespace": namespace,
+            "namespace": run.metadata.get("namespace"),
             "labels": job_labels,
-            "annotations": {LABEL_RUN_UID: uid},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "TrainingRun",
-                    "name": name,
-                    "uid": uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "annotations": {k8s.LABEL_RUN_UID: uid},
+            "ownerReferences": [k8s.owner_reference("TrainingRun", {"name": name, "uid": uid})],
         },
-        "spec": job_spec,
+        "spec": trainer_job_spec(run, uid, settings),
     }
-
-
-def owned_by(job: dict[str, Any], uid: str) -> bool:
-    """Whether ``job`` is controlled by the TrainingRun with ``uid`` (AlreadyExists → adopt only then)."""
-    refs = (job.get("metadata") or {}).get("ownerReferences") or []
-    return any(r.get("uid") == uid and r.get("controller") for r in refs)

@@ -7,9 +7,9 @@ from typing import Any
 
 import kopf
 
-from .. import kube, metrics
-from ..jobs import OWNED_SELECTOR
-from ..settings import get_settings
+from . import kube, metrics
+from .k8s import OWNED_SELECTOR
+from .settings import get_settings
 
 PREFIX = "kubetrain.io"
 #: kopf's delays between retries of a failed API request: short at first, never above 5 s, ~5 min in total.
@@ -25,7 +25,7 @@ async def configure(
     global _server
     ours = get_settings()
     logger.info("kubetrain settings: %s", ours.summary())
-    # kopf's own state (used only by change-detecting handlers) under our domain, in annotations.
+    # kopf's own state (kopf's change-detecting handlers are not used: none is written) under our domain.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
@@ -47,7 +47,7 @@ async def configure(
     # capped at 5 s, a restarted API server is seen again within 5 s, for ~5 min of outage (1 request per
     # 5 s per watch: no storm).
     settings.networking.error_backoffs = API_ERROR_BACKOFFS
-    # Only our Jobs and their pods, filtered by the API server, not in memory.
+    # Only our Jobs and their pods (trainer, verification, cleanup), filtered by the API server, not in memory.
     settings.watching.label_selectors["batch", "v1", "jobs"] = OWNED_SELECTOR
     settings.watching.label_selectors["", "v1", "pods"] = OWNED_SELECTOR
     settings.queueing.worker_limit = 20

@@ -19,10 +19,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetrain_api.models import DEFAULT_PRIMARY_METRIC, TrainingRun
+from kubetrain_api.models import TrainingRun
+from kubetrain_api.models import primary_metric as headline_metric
 from kubetrain_trainer import contract
 
-from .jobs import TRAINER_CONTAINER
+from .. import k8s
+from ..k8s import parse_time, status_patch
+from .children import TRAINER_CONTAINER
+
+__all__ = ["parse_time", "status_patch"]
 
 # ---- phases ---------------------------------------------------------------------------------------------
 PENDING = "Pending"
@@ -69,17 +74,11 @@ OPERATOR_DECIDED_FAILURES = (REASON_UNSCHEDULABLE, REASON_IMAGE_PULL_FAILED, REA
 
 IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 LOG_TAIL_MAX = 4096
-MESSAGE_MAX = 8192
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+MESSAGE_MAX = k8s.MESSAGE_MAX
 
 
 def format_time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return k8s.format_time(value)
 
 
 def format_duration(seconds: float) -> str:
@@ -95,26 +94,18 @@ def format_duration(seconds: float) -> str:
 
 
 def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype and cond.get("status") == "True":
-            return cond
-    return None
+    return k8s.job_condition(job, ctype)
 
 
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == TRAINER_CONTAINER:
-            return cs
-    return {}
+    return k8s.container_status(pod, TRAINER_CONTAINER)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
-    cs = _trainer_status(pod)
-    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    return k8s.terminated(pod, TRAINER_CONTAINER)
 
 
-def _created(pod: dict[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+_created = k8s.created
 
 
 def _completion_index(pod: dict[str, Any]) -> str | None:
@@ -213,77 +204,80 @@ def observe(
                 completion_time=format_time(now),
             )
         return Outcome(PENDING, REASON_POD_PENDING, "creating the trainer Job")
-
     jstatus = job.get("status") or {}
     start_time = jstatus.get("startTime")
     failed = int(jstatus.get("failed") or 0)
     live = int(jstatus.get("active") or 0) + int(jstatus.get("succeeded") or 0)
     attempts = failed + (1 if live else 0) or (1 if pods else None)
-
     complete = _job_condition(job, "Complete")
     if complete:
-        pod = result_pod(pods)
-        result = contract.parse_result(_terminated(pod).get("message") or "") if pod else None
-        return Outcome(
-            SUCCEEDED,
-            REASON_TRAINED,
-            (result.message if result and result.message else "the model was trained and saved"),
-            result=result,
-            exit_code=0,
-            start_time=start_time,
-            completion_time=jstatus.get("completionTime") or complete.get("lastTransitionTime"),
-            attempts=attempts,
-        )
-
+        return _succeeded_outcome(complete, jstatus, pods, attempts)
     job_failed = _job_condition(job, "Failed")
     if job_failed:
         return _failed_outcome(job_failed, pods, start_time, attempts)
-
     if job.get("spec", {}).get("suspend") and not int(jstatus.get("active") or 0):
-        if run.spec.suspend:
-            return Outcome(SUSPENDED, REASON_SUSPENDED, "spec.suspend is true", attempts=attempts)
-        if run.spec.queue_name:
-            message = f"waiting for admission by queue {run.spec.queue_name}"
-            if queue_detail:
-                message += f": {' '.join(queue_detail.split())[:QUEUE_DETAIL_MAX]}"
-            return Outcome(QUEUED, REASON_QUEUED, message)
-        return Outcome(PENDING, REASON_POD_PENDING, "resuming the trainer Job")
-
-    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
-        return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
+        return _held_outcome(run, queue_detail, attempts)
     if any(pod_ever_started(p) for p in pods):
-        # Between a pod's end and the Job's verdict, or a retry waiting to start: still running.
-        return Outcome(
-            RUNNING,
-            REASON_POD_RUNNING,
-            "the trainer is running (retry or finishing)",
-            start_time=start_time,
-            attempts=attempts,
-        )
+        # Also between a pod's end and the Job's verdict, or while a retry waits to start: still running, and
+        # said the same way (no status write for a moment that the next event ends).
+        return Outcome(RUNNING, REASON_POD_RUNNING, "the trainer is running", start_time=start_time, attempts=attempts)
+    return _pending_outcome(run, job, pods, now, attempts)
 
+
+def _succeeded_outcome(
+    complete: dict[str, Any], jstatus: dict[str, Any], pods: list[dict[str, Any]], attempts: int | None
+) -> Outcome:
+    pod = result_pod(pods)
+    result = contract.parse_result(_terminated(pod).get("message") or "") if pod else None
+    return Outcome(
+        SUCCEEDED,
+        REASON_TRAINED,
+        (result.message if result and result.message else "the model was trained and saved"),
+        result=result,
+        exit_code=0,
+        start_time=jstatus.get("startTime"),
+        completion_time=jstatus.get("completionTime") or complete.get("lastTransitionTime"),
+        attempts=attempts,
+    )
+
+
+def _held_outcome(run: TrainingRun, queue_detail: str | None, attempts: int | None) -> Outcome:
+    """A suspended Job: by the run (Suspended), by Kueue (Queued), or being resumed (Pending)."""
+    if run.spec.suspend:
+        return Outcome(SUSPENDED, REASON_SUSPENDED, "spec.suspend is true", attempts=attempts)
+    if run.spec.queue_name:
+        message = f"waiting for admission by queue {run.spec.queue_name}"
+        if queue_detail:
+            message += f": {' '.join(queue_detail.split())[:QUEUE_DETAIL_MAX]}"
+        return Outcome(QUEUED, REASON_QUEUED, message)
+    return Outcome(PENDING, REASON_POD_PENDING, "resuming the trainer Job")
+
+
+def _pending_outcome(
+    run: TrainingRun, job: dict[str, Any], pods: list[dict[str, Any]], now: dt.datetime, attempts: int | None
+) -> Outcome:
+    """No trainer pod started yet: Pending until the start-up deadline, then Failed (the Job must go)."""
+    start_time = (job.get("status") or {}).get("startTime")
     reason, message = _pending_reason(pods)
-    if not any(pod_ever_started(p) for p in pods):
-        ref = parse_time(start_time) or parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
-        waited = (now - ref).total_seconds()
-        deadline = run.spec.startup_deadline_seconds
-        if waited >= deadline:
-            final = {
-                REASON_UNSCHEDULABLE: REASON_UNSCHEDULABLE,
-                REASON_IMAGE_PULL_BACKOFF: REASON_IMAGE_PULL_FAILED,
-            }.get(reason, REASON_STARTUP_DEADLINE_EXCEEDED)
-            return Outcome(
-                FAILED,
-                final,
-                f"no trainer pod started within startupDeadlineSeconds={deadline}: {message}",
-                start_time=start_time,
-                completion_time=format_time(now),
-                attempts=attempts,
-                delete_job=True,
-            )
-        return Outcome(
-            PENDING, reason, message, start_time=start_time, attempts=attempts, recheck_after=deadline - waited + 0.5
-        )
-    return Outcome(PENDING, reason, message, start_time=start_time, attempts=attempts)
+    ref = parse_time(start_time) or parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
+    waited = (now - ref).total_seconds()
+    deadline = run.spec.startup_deadline_seconds
+    if waited < deadline:
+        recheck = deadline - waited + 0.5
+        return Outcome(PENDING, reason, message, start_time=start_time, attempts=attempts, recheck_after=recheck)
+    final = {
+        REASON_UNSCHEDULABLE: REASON_UNSCHEDULABLE,
+        REASON_IMAGE_PULL_BACKOFF: REASON_IMAGE_PULL_FAILED,
+    }.get(reason, REASON_STARTUP_DEADLINE_EXCEEDED)
+    return Outcome(
+        FAILED,
+        final,
+        f"no trainer pod started within startupDeadlineSeconds={deadline}: {message}",
+        start_time=start_time,
+        completion_time=format_time(now),
+        attempts=attempts,
+        delete_job=True,
+    )
 
 
 def _failed_outcome(
@@ -327,28 +321,16 @@ def _failed_outcome(
 
 def primary_metric(run: TrainingRun, result: contract.Result | None) -> str | None:
     """``name=value`` for the printer column."""
-    if not result or not result.metrics:
+    if not result:
         return None
     task = result.task or run.spec.task or "classification"
-    name = result.primary_metric or run.spec.evaluation.primary_metric or DEFAULT_PRIMARY_METRIC.get(task)
-    if not name or name not in result.metrics:
-        return None
-    return f"{name}={result.metrics[name]:.4g}"
+    return headline_metric(result.metrics, task, result.primary_metric or run.spec.evaluation.primary_metric)
 
 
 def _condition(
     previous: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str, gen: int, now: dt.datetime
 ) -> dict[str, Any]:
-    old = next((c for c in previous if c.get("type") == ctype), None)
-    ltt = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else None
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message[:MESSAGE_MAX],
-        "lastTransitionTime": ltt or format_time(now),
-        "observedGeneration": gen,
-    }
+    return k8s.condition(previous, ctype, status, reason, message, gen, format_time(now))
 
 
 def build_status(
@@ -364,29 +346,49 @@ def build_status(
     registration_error: str | None = None,
 ) -> dict[str, Any]:
     """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
-    prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
     st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
     if job_name:
         st["jobName"] = job_name
     attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0))
     if attempts:
         st["attempts"] = attempts
-    start = current.get("startTime") or outcome.start_time
-    if start:
-        st["startTime"] = start
     task = (outcome.result.task if outcome.result else None) or run.spec.task or current.get("task")
     if task:
         st["task"] = task
+    st.update(_timing_fields(outcome, current, now))
+    if outcome.phase == SUCCEEDED:
+        st["progress"] = {"step": "done", "percent": 100}
+    elif progress or current.get("progress"):
+        st["progress"] = progress or current.get("progress")
+    st.update(_result_fields(run, outcome))
+    if model_version or current.get("modelVersion"):
+        st["modelVersion"] = model_version or current.get("modelVersion")
+    if outcome.phase == FAILED:
+        st["failure"] = _failure(outcome)
+    prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
+    conds = _run_conditions(prev_conds, outcome, job_name, generation, now)
+    conds.extend(registered_condition(prev_conds, st.get("modelVersion"), registration_error, generation, now))
+    st["conditions"] = conds
+    return st
+
+
+def _timing_fields(outcome: Outcome, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    st: dict[str, Any] = {}
+    start = current.get("startTime") or outcome.start_time
+    if start:
+        st["startTime"] = start
     if outcome.terminal:
         completion = current.get("completionTime") or outcome.completion_time or format_time(now)
         st["completionTime"] = completion
         t0, t1 = parse_time(start), parse_time(completion)
         if t0 and t1:
             st["duration"] = format_duration((t1 - t0).total_seconds())
-    if outcome.phase == SUCCEEDED:
-        st["progress"] = {"step": "done", "percent": 100}
-    elif progress or current.get("progress"):
-        st["progress"] = progress or current.get("progress")
+    return st
+
+
+def _result_fields(run: TrainingRun, outcome: Outcome) -> dict[str, Any]:
+    """metrics, primaryMetric and (on success) the model, from the trainer's result."""
+    st: dict[str, Any] = {}
     result = outcome.result
     if result and result.metrics:
         st["metrics"] = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
@@ -397,35 +399,31 @@ def build_status(
         st["model"] = {
             k: result.model[k] for k in ("uri", "sha256", "size", "format") if result.model.get(k) is not None
         }
-    if model_version or current.get("modelVersion"):
-        st["modelVersion"] = model_version or current.get("modelVersion")
-    if outcome.phase == FAILED:
-        failure: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[:MESSAGE_MAX]}
-        if outcome.exit_code is not None:
-            failure["exitCode"] = outcome.exit_code
-        if outcome.log_tail:
-            failure["logTail"] = outcome.log_tail[-LOG_TAIL_MAX:]
-        st["failure"] = failure
+    return st
 
+
+def _failure(outcome: Outcome) -> dict[str, Any]:
+    failure: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[:MESSAGE_MAX]}
+    if outcome.exit_code is not None:
+        failure["exitCode"] = outcome.exit_code
+    if outcome.log_tail:
+        failure["logTail"] = outcome.log_tail[-LOG_TAIL_MAX:]
+    return failure
+
+
+def _run_conditions(
+    prev: list[dict[str, Any]], outcome: Outcome, job_name: str | None, generation: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """JobCreated, Running and the summary Succeeded condition."""
     conds = []
     if job_name:
-        conds.append(
-            _condition(prev_conds, COND_JOB_CREATED, "True", REASON_JOB_CREATED, f"Job {job_name}", generation, now)
-        )
-    running = outcome.phase == RUNNING
-    run_reason = (
-        outcome.reason if not outcome.terminal else (REASON_COMPLETED if outcome.phase == SUCCEEDED else outcome.reason)
-    )
-    conds.append(
-        _condition(
-            prev_conds, COND_RUNNING, "True" if running else "False", run_reason, outcome.message, generation, now
-        )
-    )
+        conds.append(_condition(prev, COND_JOB_CREATED, "True", REASON_JOB_CREATED, f"Job {job_name}", generation, now))
+    running = "True" if outcome.phase == RUNNING else "False"
+    run_reason = REASON_COMPLETED if outcome.phase == SUCCEEDED else outcome.reason
+    conds.append(_condition(prev, COND_RUNNING, running, run_reason, outcome.message, generation, now))
     summary = {SUCCEEDED: "True", FAILED: "False"}.get(outcome.phase, "Unknown")
-    conds.append(_condition(prev_conds, COND_SUCCEEDED, summary, outcome.reason, outcome.message, generation, now))
-    conds.extend(registered_condition(prev_conds, st.get("modelVersion"), registration_error, generation, now))
-    st["conditions"] = conds
-    return st
+    conds.append(_condition(prev, COND_SUCCEEDED, summary, outcome.reason, outcome.message, generation, now))
+    return conds
 
 
 def registered_condition(
@@ -438,18 +436,6 @@ def registered_condition(
     if error:
         return [_condition(prev, COND_REGISTERED, "False", REASON_REGISTRATION_FAILED, error, gen, now)]
     return []
-
-
-def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch turning ``current`` into ``desired`` (top-level keys; None deletes)."""
-    patch: dict[str, Any] = {}
-    for key, value in desired.items():
-        if current.get(key) != value:
-            patch[key] = value
-    for key in current:
-        if key not in desired:
-            patch[key] = None
-    return patch
 
 
 def invalid_status(generation: int, message: str, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:

@@ -1,0 +1,342 @@
+"""The ModelVersion kind's ``decide``: a pure function of (facts of ONE model, settings, now) → plan.
+
+The engine key is the model (namespace, ``spec.model``): every version of it is decided together, so the
+aliases of a model's versions are computed from one listing and never written by two passes at once.
+
+* Trusted lineage: a version created by the operator from a run (label ``kubetrain.io/run-uid``) is Ready
+  at once with ``ArtifactVerified=True/VerifiedByTrainer`` when that TrainingRun still exists with the same
+  uid and its ``status.model.sha256`` equals the artifact's (the trainer hashed the file it wrote).
+  Otherwise (run gone, sha differs, label copied onto a hand-made object) it is verified by a Job like a
+  hand-registered one.
+* Hand-registered versions: phase Verifying and one verification Job (deterministic name); the Job's
+  completion arrives as a watch event of the Job (routed to its owner), never by polling.
+* A version that becomes Ready gets the aliases it wins in the same status patch; other versions follow in
+  the same pass. Retention deletes what ``retention.select_for_deletion`` selects.
+* ``deletionPolicy: Delete``: such versions carry the finalizer ``kubetrain.io/finalizer``; when one is
+  deleted, a cleanup Job removes the artifact directory and the finalizer goes once the Job is done or
+  after ``CLEANUP_WAIT_SECONDS`` (best effort, never blocks deletion for long).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetrain_api.models import ModelVersionSpec
+from kubetrain_trainer import contract
+from pydantic import ValidationError
+
+from .. import k8s
+from ..engine import Child, Plan
+from ..settings import Settings
+from . import aliases, children, retention
+from . import status as mvs
+
+TRUST_WAIT_RETRIES = 5
+TRUST_WAIT_SECONDS = 2.0
+CLEANUP_WAIT_SECONDS = 60.0
+MEM_TRUST_WAITS = "trust_waits"
+MEM_WARNED = "warned"
+
+
+@dataclass
+class VersionFacts:
+    """One version of the model and what its phase depends on."""
+
+    obj: dict[str, Any]
+    run: dict[str, Any] | None = None
+    """The TrainingRun its source names (run-created versions still to settle)."""
+    job: dict[str, Any] | None = None
+    """Its verification Job (its cleanup Job while it is being deleted)."""
+    job_message: str | None = None
+    """The termination message of the finished Job's last pod."""
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.obj["metadata"].get("deletionTimestamp"))
+
+
+@dataclass
+class ModelFacts:
+    namespace: str
+    model: str
+    versions: list[VersionFacts]
+    namespace_versions: list[dict[str, Any]]
+    """Every ModelVersion of the namespace (artifact directories shared across models)."""
+    memory: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelPlan(Plan):
+    posts: list[tuple[dict[str, Any], k8s.Event]] = field(default_factory=list)
+    """Events to post, each on its version."""
+
+
+# ---- what gather must read ------------------------------------------------------------------------------------
+
+
+def settled(obj: Mapping[str, Any]) -> bool:
+    return (obj.get("status") or {}).get("phase") in (mvs.PHASE_READY, mvs.PHASE_FAILED)
+
+
+def run_ref(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(run name, run uid) a run-created version claims, or None."""
+    uid = ((obj.get("metadata") or {}).get("labels") or {}).get(k8s.LABEL_RUN_UID)
+    ref = ((obj.get("spec") or {}).get("source") or {}).get("trainingRun") or {}
+    if not uid or not ref.get("name") or ref.get("uid") not in (None, uid):
+        return None
+    return str(ref["name"]), str(uid)
+
+
+def wants_cleanup(obj: Mapping[str, Any]) -> bool:
+    return (obj.get("spec") or {}).get("deletionPolicy") == "Delete"
+
+
+# ---- decide ---------------------------------------------------------------------------------------------------
+
+
+def decide(facts: ModelFacts, settings: Settings, now: dt.datetime) -> ModelPlan:
+    """The plan for every version of one model."""
+    plan = ModelPlan()
+    stamp = k8s.format_time(now)
+    live = [v for v in facts.versions if not v.deleting]
+    phase_patches = {v.name: settle(v, facts, settings, stamp, plan) for v in live}
+    synthetic = [_merged(v.obj, phase_patches.get(v.name) or {}) for v in facts.versions]
+    status_patches = alias_patches(synthetic, settings, k8s.format_time(now, micro=True), plan)
+    for name, patch in phase_patches.items():
+        if patch:
+            status_patches[name] = {**patch, **status_patches.get(name, {})}
+    for name, patch in sorted(status_patches.items()):
+        plan.patch.append((Child("ModelVersion", facts.namespace, name), {"status": patch}))
+    for v in facts.versions:
+        _finalizer(v, facts, settings, now, plan)
+    plan_retention(synthetic, settings, facts.namespace, plan)
+    _label_warnings(live, facts.memory, plan)
+    return plan
+
+
+def _merged(obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    return {**obj, "status": {**(obj.get("status") or {}), **patch}}
+
+
+def settle(v: VersionFacts, facts: ModelFacts, settings: Settings, now: str, plan: ModelPlan) -> dict[str, Any]:
+    """The phase fields of a version still Pending/Verifying (or with an invalid spec): {} when unchanged."""
+    try:
+        ModelVersionSpec.model_validate(v.obj.get("spec") or {})
+    except ValidationError as exc:
+        if (v.obj.get("status") or {}).get("phase") == mvs.PHASE_FAILED:
+            return {}
+        return phase_fields(v, mvs.PHASE_FAILED, mvs.REASON_INVALID_SPEC, str(exc)[:2000], now, plan)
+    if settled(v.obj):
+        return {}
+    spec = v.obj["spec"]
+    holder = version_holder([x.obj for x in facts.versions], int(spec["version"]))
+    if holder is not None and holder["metadata"]["uid"] != v.obj["metadata"]["uid"]:
+        msg = f"version {spec['version']} of model {spec['model']} is already held by {holder['metadata']['name']}"
+        return phase_fields(v, mvs.PHASE_FAILED, mvs.REASON_VERSION_CONFLICT, msg, now, plan)
+    trust = trusted_lineage(v)
+    waits = dict(facts.memory.get(MEM_TRUST_WAITS) or {})
+    if trust == "wait" and waits.get(v.name, 0) < TRUST_WAIT_RETRIES:
+        plan.remember[MEM_TRUST_WAITS] = {**waits, v.name: waits.get(v.name, 0) + 1}
+        plan.requeue = TRUST_WAIT_SECONDS if plan.requeue is None else min(plan.requeue, TRUST_WAIT_SECONDS)
+        return {}
+    if trust is True:
+        msg = "the trainer computed the sha256 of the file it wrote (TrainingRun status agrees)"
+        return phase_fields(v, mvs.PHASE_READY, mvs.REASON_VERIFIED_BY_TRAINER, msg, now, plan, passed=True)
+    return verification(v, settings, now, plan)
+
+
+def verification(v: VersionFacts, settings: Settings, now: str, plan: ModelPlan) -> dict[str, Any]:
+    """Verify by a Job: create it (phase Verifying), wait for its watch event, then Ready or Failed."""
+    job_name = children.verify_job_name(v.obj)
+    if v.job is None:
+        plan.create.append(children.build_verify_job(v.obj, settings))
+    elif not k8s.owned_by(v.job, v.obj["metadata"]["uid"]):
+        msg = f"Job {job_name} exists and is not owned by this ModelVersion"
+        return phase_fields(v, mvs.PHASE_FAILED, mvs.REASON_VERIFY_FAILED, msg, now, plan)
+    state = k8s.job_state(v.job) if v.job is not None else k8s.JOB_RUNNING
+    if state == k8s.JOB_SUCCEEDED:
+        msg = "checksum, load and smoke prediction passed"
+        return phase_fields(v, mvs.PHASE_READY, mvs.REASON_VERIFIED, msg, now, plan)
+    if state == k8s.JOB_FAILED:
+        message = v.job_message or job_failure(v.job or {})
+        return phase_fields(v, mvs.PHASE_FAILED, mvs.verify_failure_reason(message), message, now, plan)
+    if (v.obj.get("status") or {}).get("phase") == mvs.PHASE_VERIFYING:
+        return {}
+    msg = f"verification Job {job_name}"
+    return phase_fields(v, mvs.PHASE_VERIFYING, mvs.REASON_VERIFYING, msg, now, plan, job=job_name)
+
+
+def phase_fields(
+    v: VersionFacts,
+    phase: str,
+    reason: str,
+    message: str,
+    now: str,
+    plan: ModelPlan,
+    *,
+    passed: bool | None = None,
+    job: str | None = None,
+) -> dict[str, Any]:
+    """Phase + ArtifactVerified/Ready conditions + serving hint + primary metric (one status patch)."""
+    spec, gen = v.obj.get("spec") or {}, v.obj["metadata"].get("generation")
+    conds = (v.obj.get("status") or {}).get("conditions") or []
+    verified = {mvs.PHASE_READY: "True", mvs.PHASE_FAILED: "False"}.get(phase, "Unknown")
+    conds = k8s.set_condition(conds, mvs.COND_ARTIFACT_VERIFIED, verified, reason, message, gen, now)
+    ready = "True" if phase == mvs.PHASE_READY else "False"
+    conds = k8s.set_condition(conds, mvs.COND_READY, ready, reason, message, gen, now)
+    patch: dict[str, Any] = {"phase": phase, "observedGeneration": gen, "conditions": conds}
+    metric = mvs.primary_metric(spec)
+    if metric:
+        patch["primaryMetric"] = metric
+    if phase == mvs.PHASE_READY and spec.get("artifact"):
+        patch["serving"] = mvs.serving_hint(spec)
+    if passed is not None:
+        patch["passedThresholds"] = passed
+    if job:
+        patch["verificationJob"] = job
+    if phase == mvs.PHASE_FAILED:
+        plan.posts.append((v.obj, k8s.Event.warning(reason, message)))
+    elif phase == mvs.PHASE_READY:
+        plan.posts.append((v.obj, k8s.Event.normal(reason, message)))
+    return patch
+
+
+def version_holder(siblings: list[dict[str, Any]], version: int) -> dict[str, Any] | None:
+    """The ModelVersion that owns a version number: the oldest object claiming it; within the same second
+    (creationTimestamp resolution) the canonical name ``<model>-v<n>`` first, then by name."""
+    same = [s for s in siblings if int((s.get("spec") or {}).get("version") or 0) == version]
+    same = [s for s in same if not (s["metadata"].get("deletionTimestamp"))]
+    if not same:
+        return None
+
+    def key(s: dict[str, Any]) -> tuple[str, bool, str]:
+        name = s["metadata"]["name"]
+        canonical = name == f"{s['spec']['model']}-v{version}"
+        return (s["metadata"].get("creationTimestamp", ""), not canonical, name)
+
+    return min(same, key=key)
+
+
+def trusted_lineage(v: VersionFacts) -> bool | str:
+    """True when the producing TrainingRun vouches for the artifact; "wait" while its status lags."""
+    ref = run_ref(v.obj)
+    if ref is None or v.run is None or v.run["metadata"].get("uid") != ref[1]:
+        return False
+    model = (v.run.get("status") or {}).get("model") or {}
+    if not model.get("sha256"):
+        return "wait"
+    return bool(model["sha256"] == v.obj["spec"]["artifact"]["sha256"])
+
+
+def job_failure(job: Mapping[str, Any]) -> str:
+    cond = k8s.job_condition(job, "Failed", "FailureTarget")
+    if cond:
+        return f"verification Job failed: {cond.get('reason', '')} {cond.get('message', '')}".strip()
+    return "verification Job failed"
+
+
+def result_message(text: str) -> str:
+    """The trainer's result message in a termination message (or the log tail the kubelet put there)."""
+    result = contract.parse_result(text)
+    return result.message if result and result.message else text.strip()[-2000:]
+
+
+# ---- aliases, retention, finalizer ------------------------------------------------------------------------------
+
+
+def alias_patches(
+    objs: list[dict[str, Any]], settings: Settings, now: str, plan: ModelPlan
+) -> dict[str, dict[str, Any]]:
+    """The alias fields of every live version whose effective aliases (claims, history) change."""
+    outcomes = aliases.resolve_aliases([aliases.VersionView.from_obj(o) for o in objs], settings.protected_aliases, now)
+    out: dict[str, dict[str, Any]] = {}
+    for obj in objs:
+        if obj["metadata"].get("deletionTimestamp"):
+            continue
+        outcome = outcomes[obj["metadata"]["name"]]
+        patch = aliases.alias_status_patch(obj, outcome, now)
+        if patch is None:
+            continue
+        out[obj["metadata"]["name"]] = patch
+        for event in outcome.new_events:
+            plan.posts.extend(_alias_event(obj, event))
+    return out
+
+
+def _alias_event(obj: dict[str, Any], event: Mapping[str, Any]) -> list[tuple[dict[str, Any], k8s.Event]]:
+    if event["action"] == "Refused":
+        return [(obj, k8s.Event.warning("AliasRefused", event["message"]))]
+    if event["action"] in ("Assigned", "Superseded"):
+        return [(obj, k8s.Event.normal(f"Alias{event['action']}", event["message"]))]
+    return []
+
+
+def plan_retention(objs: list[dict[str, Any]], settings: Settings, namespace: str, plan: ModelPlan) -> None:
+    """Delete the versions retention selects (keep N newest + aliased + in-progress)."""
+    if settings.model_retention <= 0:
+        return
+    views = [aliases.VersionView.from_obj(o) for o in objs]
+    for name in retention.select_for_deletion(views, settings.model_retention):
+        plan.delete.append(Child("ModelVersion", namespace, name))
+
+
+def _finalizer(v: VersionFacts, facts: ModelFacts, settings: Settings, now: dt.datetime, plan: ModelPlan) -> None:
+    """Add the finalizer to versions that want their artifact removed; on deletion, clean up, then release."""
+    finalizers = list(v.obj["metadata"].get("finalizers") or [])
+    ours = k8s.FINALIZER in finalizers
+    if not v.deleting:
+        if wants_cleanup(v.obj) != ours:
+            wanted = [*finalizers, k8s.FINALIZER] if not ours else [f for f in finalizers if f != k8s.FINALIZER]
+            plan.patch.append((Child("ModelVersion", facts.namespace, v.name), {"metadata": {"finalizers": wanted}}))
+        return
+    if ours and cleanup_done(v, facts, settings, now, plan):
+        rest = [f for f in finalizers if f != k8s.FINALIZER]
+        plan.patch.append((Child("ModelVersion", facts.namespace, v.name), {"metadata": {"finalizers": rest}}))
+
+
+def cleanup_done(v: VersionFacts, facts: ModelFacts, settings: Settings, now: dt.datetime, plan: ModelPlan) -> bool:
+    """Whether the deleted version may go: its cleanup Job finished, gave up, or there is nothing to remove."""
+    target = children.cleanup_target(v.obj, facts.namespace_versions)
+    if target is None:
+        plan.posts.append(
+            (v.obj, k8s.Event.warning("CleanupSkipped", "artifact is not on a PVC, is a claim root or is shared"))
+        )
+        return True
+    if v.job is None:
+        plan.create.append(children.build_cleanup_job(v.obj, settings, target))
+    state = k8s.job_state(v.job) if v.job is not None else k8s.JOB_RUNNING
+    since = k8s.parse_time(v.obj["metadata"].get("deletionTimestamp")) or now
+    waited = (now - since).total_seconds()
+    if state == k8s.JOB_SUCCEEDED:
+        return True
+    if state == k8s.JOB_FAILED or waited > CLEANUP_WAIT_SECONDS:
+        name = children.cleanup_job_name(v.obj, target)
+        plan.posts.append((v.obj, k8s.Event.warning("CleanupFailed", f"could not remove {target} (Job {name})")))
+        return True
+    remaining = CLEANUP_WAIT_SECONDS - waited + 0.5
+    plan.requeue = remaining if plan.requeue is None else min(plan.requeue, remaining)
+    return False
+
+
+def _label_warnings(live: list[VersionFacts], memory: Mapping[str, Any], plan: ModelPlan) -> None:
+    """Once per version: without the model label, `kubectl get mv -l kubetrain.io/model=...` misses it."""
+    warned = set(memory.get(MEM_WARNED) or ())
+    for v in live:
+        model = (v.obj.get("spec") or {}).get("model")
+        labels = v.obj["metadata"].get("labels") or {}
+        if v.name in warned or labels.get(k8s.LABEL_MODEL) == model:
+            continue
+        warned.add(v.name)
+        message = (
+            f"set label {k8s.LABEL_MODEL}={model} so `kubectl get mv -l {k8s.LABEL_MODEL}={model}` "
+            "lists this version (the operator does not write labels of your objects)"
+        )
+        plan.posts.append((v.obj, k8s.Event.warning("ModelLabelMissing", message)))
+    plan.remember[MEM_WARNED] = warned

@@ -1,0 +1,1 @@
+"""The TrainingRun kind: run → trainer Job → status → ModelVersion."""

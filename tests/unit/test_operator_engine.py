@@ -1,0 +1,93 @@
+"""The engine's loop with a fake kind (no cluster): coalescing, requeue, Again, backoff, forgetting, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from kubetrain_operator import engine, k8s
+from kubetrain_operator.engine import Again, Engine, Plan
+from kubetrain_operator.settings import Settings
+
+
+class Fake:
+    kind = "TrainingRun"
+    pod_label: str | None = k8s.LABEL_RUN
+
+    def __init__(self, plans: list[Any]) -> None:
+        self.plans = plans
+        self.passes = 0
+        self.acted: list[Plan] = []
+        self.forgotten: list[str] = []
+
+    async def gather(self, namespace: str, key: str, memory: Mapping[str, Any], now: dt.datetime) -> Any:
+        self.passes += 1
+        await asyncio.sleep(0.01)
+        return None if not self.plans else dict(memory)
+
+    def decide(self, facts: Any, settings: Settings, now: dt.datetime) -> Plan:
+        step = self.plans.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        assert isinstance(step, Plan)
+        return step
+
+    async def act(self, facts: Any, plan: Plan, memory: dict[str, Any]) -> None:
+        self.acted.append(plan)
+        if plan.status.get("again"):
+            raise Again("stale")
+
+    def forget(self, namespace: str, key: str) -> None:
+        self.forgotten.append(key)
+
+    def key_of_child(self, labels: Mapping[str, str], owner: str) -> str:
+        return owner
+
+
+def _run(fake: Fake, seconds: float, triggers: int = 1) -> Engine:
+    eng = Engine()
+    eng.register(fake)
+
+    async def main() -> None:
+        await asyncio.gather(*(eng.trigger("TrainingRun", "ns", "a") for _ in range(triggers)))
+        await asyncio.sleep(seconds)
+
+    asyncio.run(main())
+    return eng
+
+
+def test_triggers_during_a_pass_coalesce_into_one_more_pass() -> None:
+    fake = Fake([Plan(), Plan(), Plan(), Plan()])
+    _run(fake, 0.05, triggers=5)
+    assert fake.passes == 2  # the running one + one queued behind it, not five
+
+
+def test_requeue_and_memory_reach_the_next_pass() -> None:
+    fake = Fake([Plan(requeue=0.05, remember={"n": 1}), Plan()])
+    _run(fake, 0.3)
+    assert fake.passes == 2 and len(fake.acted) == 2
+
+
+def test_again_reconciles_at_once_and_errors_back_off() -> None:
+    fake = Fake([Plan(status={"again": True}), Plan()])
+    _run(fake, 0.3)
+    assert fake.passes == 2
+    failing = Fake([RuntimeError("boom"), Plan()])
+    _run(failing, 0.3)
+    assert failing.passes == 1  # the retry waits 2 s (backoff), not a tight loop
+
+
+def test_a_gone_object_is_forgotten() -> None:
+    fake = Fake([])
+    eng = _run(fake, 0.05)
+    assert fake.forgotten == ["a"] and not eng._states
+
+
+def test_children_route_to_their_owner_by_owner_reference_or_label() -> None:
+    eng = Engine()
+    eng.register(Fake([]))
+    assert eng.route_pod({k8s.LABEL_RUN: "iris"}) == ("TrainingRun", "iris")
+    assert eng.route_pod({"other": "x"}) is None
+    assert engine.MIN_REQUEUE < 0.1 and engine.MAX_ERROR_DELAY == 300.0
