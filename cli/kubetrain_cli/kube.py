@@ -33,6 +33,7 @@ KUEUE_WORKLOADS = [
 ]
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 FIELD_MANAGER = "kubectl-kubetrain"
+_NOT_SERVED = f"the API server does not serve {GROUP}/{VERSION}: are the kubetrain CRDs installed?"
 KIND_NAMES = {"TrainingRun": "trainingrun", "ModelVersion": "modelversion"}
 
 
@@ -57,6 +58,16 @@ def load_config(kubeconfig: str | None, context: str | None) -> KubeConfig:
         return KubeConfig.from_service_account()
     except ConfigError as exc:
         raise PluginError("no kubeconfig found (set KUBECONFIG or pass --kubeconfig)") from exc
+
+
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status of an API failure: lightkube's ApiError carries a Status; an unknown API group's
+    404 ("404 page not found", no Status body) surfaces as the transport's HTTPStatusError."""
+    if isinstance(exc, ApiError):
+        return int(exc.status.code or 0) or None
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return int(code) if isinstance(code, int) else None
 
 
 class Conflict(PluginError):
@@ -86,6 +97,10 @@ class Api:
             if exc.status.code == 404:
                 raise PluginError(f"{kind} {name} not found in namespace {self.namespace}", EXIT_NOT_FOUND) from exc
             raise PluginError(f"cannot read {kind} {name}: {exc.status.message}") from exc
+        except Exception as exc:
+            if status_code(exc) == 404:
+                raise PluginError(_NOT_SERVED, EXIT_NOT_FOUND) from exc
+            raise
 
     def model_version(self, name: str) -> dict[str, Any]:
         return self._get(ModelVersion, name, "ModelVersion")
@@ -101,6 +116,10 @@ class Api:
             return [dict(o.to_dict()) for o in self.client.list(resource, namespace=self.namespace, **kwargs)]
         except ApiError as exc:
             raise PluginError(f"cannot list {what} in {self.namespace}: {exc.status.message}") from exc
+        except Exception as exc:
+            if status_code(exc) == 404:
+                raise PluginError(_NOT_SERVED, EXIT_NOT_FOUND) from exc
+            raise
 
     def trainer_pods(self, run: str) -> list[dict[str, Any]]:
         return self._list(Pod, "pods", labels={RUN_LABEL: run, COMPONENT_LABEL: TRAINER_COMPONENT})
@@ -128,9 +147,9 @@ class Api:
                     o.to_dict()
                     for o in self.client.list(resource, namespace=self.namespace, labels={KUEUE_JOB_UID_LABEL: job_uid})
                 ]
-            except ApiError as exc:
-                if exc.status.code == 404:
-                    continue
+            except Exception as exc:  # lightkube passes on the transport's HTTPStatusError for a bare 404
+                if status_code(exc) == 404:
+                    continue  # this API version (or Kueue itself) is not served
                 return None
             for workload in items:
                 for cond in (workload.get("status") or {}).get("conditions") or ():

@@ -335,3 +335,14 @@ def test_claim_rereads_and_retries_on_a_conflict() -> None:
         {"metadata": {"resourceVersion": "42"}, "spec": {"aliases": ["production"]}},
         {"metadata": {"resourceVersion": "43"}, "spec": {"aliases": ["candidate", "production"]}},
     ]
+
+
+def test_status_code_of_api_and_transport_errors() -> None:
+    from types import SimpleNamespace
+
+    from kubetrain_cli.kube import status_code
+
+    assert status_code(RuntimeError("boom")) is None
+    bare_404 = RuntimeError("404 page not found")
+    bare_404.response = SimpleNamespace(status_code=404)  # type: ignore[attr-defined]
+    assert status_code(bare_404) == 404
