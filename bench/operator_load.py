@@ -761,7 +761,8 @@ async def run_memory(
 ) -> dict[str, Any]:
     """N runs and N versions spread over namespaces, then the operator (all namespaces) started: RSS after
     it settled; then runs churn (created and deleted) while everything else stays."""
-    nss = [f"kubetrain-bench-mem-{i}" for i in range(sizes.memory_namespaces)]
+    stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")  # namespaces of an earlier run may still be terminating
+    nss = [f"kubetrain-bench-mem-{stamp}-{i}" for i in range(sizes.memory_namespaces)]
     for ns in nss:
         await ensure_namespace(api, ns)
     t0 = time.monotonic()
@@ -978,6 +979,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         sizes = Sizes(**{**sizes.__dict__, "soak_seconds": args.soak_seconds})
     if args.memory_objects is not None:
         sizes = Sizes(**{**sizes.__dict__, "memory_runs": args.memory_objects, "memory_versions": args.memory_objects})
+    if args.load_timeout is not None:
+        sizes = Sizes(**{**sizes.__dict__, "load_timeout": args.load_timeout})
     if args.settle_timeout is not None:
         sizes = Sizes(**{**sizes.__dict__, "settle_timeout": args.settle_timeout})
     repo = Path(args.repo).resolve()
@@ -1108,16 +1111,17 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for v, tuning in report["variants"].items():
         out.append(f"- `{v}`: {json.dumps(tuning) if tuning else AS_CONFIGURED}")
+    columns = list(dict.fromkeys([*report["loads"], *report["memory"], *report["soak"]]))
     out += [
         "",
         "## Goals",
         "",
-        "| goal | target | " + " | ".join(f"`{v}`" for v in report["loads"]) + " |",
-        "|---|---|" + "---|" * len(report["loads"]),
+        "| goal | target | " + " | ".join(f"`{v}`" for v in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     rows = goal_rows(report)
     for key, (what, target) in GOALS.items():
-        cells = [rows.get((key, v), "—") for v in report["loads"]]
+        cells = [rows.get((key, v), "—") for v in columns]
         out.append(f"| {what} | {target} | " + " | ".join(cells) + " |")
     out += ["", "## Loads", ""]
     for variant, data in report["loads"].items():
@@ -1200,8 +1204,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def goal_rows(report: dict[str, Any]) -> dict[tuple[str, str], str]:
     rows: dict[tuple[str, str], str] = {}
-    for variant, data in report["loads"].items():
-        for r in data["results"]:
+    for variant in dict.fromkeys([*report["loads"], *report["memory"], *report["soak"]]):
+        for r in report["loads"].get(variant, {}).get("results", []):
             o = r["operator"]
             if r["rate"] == 10.0:
                 rows[("p99_10", variant)] = f"{o.get('p99_ms')} ms ({verdict(o.get('p99_ms'), 100)})"
@@ -1225,12 +1229,8 @@ def goal_rows(report: dict[str, Any]) -> dict[tuple[str, str], str]:
 def write_reports(report: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = (
-        f"operator_load-{report['mode']}-{report['date'][:10]}"
-        if report["mode"] == "quick"
-        else f"operator_load-{report['date'][:10]}"
-    )
-    latest = "operator_load-quick-latest" if report["mode"] == "quick" else "operator_load-latest"
+    base = "operator_load" + (f"-{args.label}" if args.label else "") + ("-quick" if report["mode"] == "quick" else "")
+    stem, latest = f"{base}-{report['date'][:10]}", f"{base}-latest"
     text = json.dumps(report, indent=1, sort_keys=False) + "\n"
     md = markdown(report)
     for name in (stem, latest):
@@ -1248,12 +1248,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-variants", default="tuned", help="variants of the memory test ('' = none)")
     parser.add_argument("--soak-variants", default="tuned", help="variants of the soak ('' = none)")
     parser.add_argument("--memory-objects", type=int, help="runs and versions of the memory test (each)")
+    parser.add_argument("--load-timeout", type=float, help="bound of the wait for one load's Jobs (s)")
     parser.add_argument("--settle-timeout", type=float, help="bound of the memory test's settle wait (s)")
     parser.add_argument("--soak-seconds", type=float, help="length of the soak (default 600, quick 40)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-soak", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy record the operator during each burst")
     parser.add_argument("--out", default=str(REPORTS), help="report directory")
+    parser.add_argument("--label", default="", help="report name part: operator_load-<label>-<date>.md")
     parser.add_argument("--log-dir", help="operator logs and profiles (default: a temporary directory)")
     args = parser.parse_args(argv)
     report = asyncio.run(bench(args))
