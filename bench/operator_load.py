@@ -199,11 +199,20 @@ class Api:
         await self.session.close()
 
     async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None, ok: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (),
+        timeout: float = 60,
     ) -> Any:
         assert self.session is not None
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
-        async with self.session.request(method, self.server + path, json=body, params=params, headers=headers) as resp:
+        limit = aiohttp.ClientTimeout(total=timeout)
+        async with self.session.request(
+            method, self.server + path, json=body, params=params, headers=headers, timeout=limit
+        ) as resp:
             text = await resp.text()
             if resp.status >= 400 and resp.status not in ok:
                 raise RuntimeError(f"{method} {path} -> {resp.status}: {text[:500]}")
@@ -576,13 +585,19 @@ def latency_stats(sent: dict[str, float], seen: dict[str, float]) -> dict[str, A
 
 async def clean_namespace(api: Api, namespace: str, timeout: float) -> None:
     """Delete runs, Jobs (pods in the background) and events of the namespace and wait until they are gone."""
-    sel = {"labelSelector": BENCH_LABEL}
-    for path in (TR_PATH, JOB_PATH):
-        await api.call("DELETE", path.format(ns=namespace), {"propagationPolicy": "Background"}, params=sel, ok=(404,))
-    # Jobs the operator made carry its labels, not the bench label.
-    await api.call("DELETE", JOB_PATH.format(ns=namespace), {"propagationPolicy": "Background"}, ok=(404,))
+    background = {"propagationPolicy": "Background"}
+    # A deletecollection of 1,000 Jobs on a loaded API server took over 60 s: allow 300 s, and carry on to
+    # the bounded wait below if even that is not enough (the server keeps deleting).
+    for path, params in (
+        (TR_PATH, {"labelSelector": BENCH_LABEL}),
+        (JOB_PATH, {}),  # the operator's Jobs carry its labels, the baseline's the bench label: all of them
+        (EVENT_PATH, {}),
+    ):
+        try:
+            await api.call("DELETE", path.format(ns=namespace), background, params=params, ok=(404,), timeout=300)
+        except TimeoutError:
+            log(f"deleting {path.format(ns=namespace)} timed out; waiting for the server to finish")
     await wait_empty(api, [(TR_PATH.format(ns=namespace), {}), (JOB_PATH.format(ns=namespace), {})], timeout)
-    await api.call("DELETE", EVENT_PATH.format(ns=namespace), ok=(404,))
 
 
 async def run_load(
@@ -1061,6 +1076,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                 )
                         log(f"{variant}: {load.name}: {summary_line(res)}")
                         results.append(res)
+                        report["loads"][variant] = {
+                            "effective_settings": effective,
+                            "memory_at_start_mib": start_mem,
+                            "results": results,
+                        }
+                        write_reports(report, args)  # after each load: a later failure loses nothing
                     report["loads"][variant] = {
                         "effective_settings": effective,
                         "memory_at_start_mib": start_mem,
