@@ -69,7 +69,13 @@ def test_apiserver_request_totals_are_summed_by_verb_and_resource() -> None:
 
 
 def test_per_run_counts_writes_and_reads_and_leaves_watches_out() -> None:
-    reqs = {"create jobs": 10, "patch trainingruns/status": 10, "get trainingruns": 30, "list pods": 20, "watch jobs": 2}
+    reqs = {
+        "create jobs": 10,
+        "patch trainingruns/status": 10,
+        "get trainingruns": 30,
+        "list pods": 20,
+        "watch jobs": 2,
+    }
     out = load.per_run(reqs, 10)
     assert out["writes_per_run"] == 2.0
     assert out["reads_per_run"] == 5.0
@@ -132,3 +138,10 @@ def test_profile_summary_of_collapsed_stacks(tmp_path: Path) -> None:
     assert summary["buckets_pct_by_leaf"]["logging"] == 75.0
     assert ["<module> (x.py)", 100.0] in summary["inclusive_pct"]
     assert summary["self_pct"][0] == ["emit (logging/__init__.py)", 75.0]
+
+
+def test_soak_growth_leaves_the_warm_up_out() -> None:
+    samples = [{"t_s": t, "VmRSS": rss} for t, rss in [(0, 60.0), (30, 90.0), (60, 100.0), (120, 101.0), (180, 102.0)]]
+    out = load.growth_after_warmup(samples, 180)
+    assert out == {"warmup_s": 60.0, "from_mib": 100.0, "to_mib": 102.0, "growth_pct": 2.0}
+    assert load.growth_after_warmup(samples[:3], 180)["growth_pct"] is None  # one sample after warm-up
