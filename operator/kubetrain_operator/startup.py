@@ -30,7 +30,9 @@ async def configure(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # kopf removes ITS finalizer from objects whose handlers do not need it (ours never do): its name must
+    # not be the engine's own k8s.FINALIZER (deletionPolicy Delete), or kopf strips it at once.
+    settings.persistence.finalizer = f"{PREFIX}/kopf-finalizer"
     # Events for transitions are posted explicitly (kopf.event); handler log lines are not posted.
     settings.posting.loggers = False
     settings.posting.reporting_component = "kubetrain-operator"

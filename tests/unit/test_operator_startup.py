@@ -35,3 +35,10 @@ def test_api_errors_are_retried_with_a_capped_backoff_for_minutes(configured: ko
     assert min(backoffs) >= 1
     # ... and an outage of several minutes does not make kopf give up on its watch streams.
     assert sum(backoffs) >= 240
+
+
+def test_kopfs_finalizer_is_not_the_engines(configured: kopf.OperatorSettings) -> None:
+    from kubetrain_operator import k8s
+
+    # kopf strips its own finalizer from objects none of its handlers needs it for: it must not be ours.
+    assert configured.persistence.finalizer != k8s.FINALIZER
