@@ -290,18 +290,26 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(cluster: Clust
         "-n",
         namespace,
     )
-    # busybox's wget has no TLS verification options: ask the API server's /version over TLS
-    # and a namespaced list with the pod's own projected token.
+    # busybox's wget cannot do TLS with the API server (handshake failure): Python's ssl from the trainer
+    # image, verifying the API server against the ServiceAccount's CA, with the pod's own projected token.
+    image = cluster.images.get("TRAINER_IMAGE")
+    assert image, "no trainer image in the dev cluster (hack/dev-cluster load-images)"
     script = (
-        "TOKEN=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token); "
-        "echo host=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; "
-        'wget -q -O- --no-check-certificate --header "Authorization: Bearer $TOKEN" '
-        "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/$NS/serviceaccounts | "
-        'grep -o \'"name":"probe"\''
+        "import os, ssl, urllib.request\n"
+        "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+        "host, port = os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT']\n"
+        "print(f'host={host}:{port}')\n"
+        "ctx = ssl.create_default_context(cafile=f'{sa}/ca.crt')\n"
+        "ns = open(f'{sa}/namespace').read()\n"
+        "req = urllib.request.Request(f'https://kubernetes.default.svc:{port}/api/v1/namespaces/{ns}/serviceaccounts',\n"
+        "    headers={'Authorization': 'Bearer ' + open(f'{sa}/token').read()})\n"
+        "import socket\n"
+        "orig = socket.getaddrinfo\n"
+        "socket.getaddrinfo = lambda h, *a, **k: orig(host if h == 'kubernetes.default.svc' else h, *a, **k)\n"
+        "print(urllib.request.urlopen(req, context=ctx, timeout=10).read().decode())\n"
     )
-    manifest = pod(
-        "probe", script, env=[{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
-    )
+    manifest = pod("probe", "")
+    manifest["spec"]["containers"][0].update(image=image, command=["python", "-c", script])
     manifest["spec"]["serviceAccountName"] = "probe"
     cluster.apply(manifest, namespace)
     t = wait_until("probe terminated", lambda: terminated(cluster, namespace, "probe"), 90)
