@@ -129,7 +129,7 @@ def test_restricted_namespace_runs_the_trainer_and_a_write_outside_tmp_fails_cle
     ws = workspace
     cluster.kubectl("label", "namespace", ws.namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
     ws.apply(iris_run("restricted-ok"))
-    ws.apply(iris_run("writes-root", output={"uri": "file:///var/lib/kubetrain-out/"}, backoffLimit=2))
+    ws.apply(iris_run("writes-root", output={"uri": "file:///var/lib/kubetrain-out/"}, backoffLimit=1))
     ok = ws.wait_phase("restricted-ok", ("Succeeded", "Failed"), timeout=300)
     assert ok["status"]["phase"] == "Succeeded", json.dumps(ok["status"], indent=1)
     (pod,) = ws.pods("restricted-ok")
@@ -143,5 +143,6 @@ def test_restricted_namespace_runs_the_trainer_and_a_write_outside_tmp_fails_cle
     text = json.dumps(failure)
     assert "Read-only file system" in text or "read-only" in text.lower(), failure
     assert "/var/lib/kubetrain-out" in text, failure
+    assert failure.get("exitCode") == 1, failure
     assert len(ws.jobs("writes-root")) == 1
-    assert len(ws.pods("writes-root")) <= 3  # bounded by backoffLimit, no storm
+    assert len(ws.pods("writes-root")) <= 2  # bounded by backoffLimit, no storm
