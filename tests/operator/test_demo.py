@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from tests.conftest import DEV_CLUSTER, REPO, read_env_file
 pytestmark = pytest.mark.cluster
 
 
-def test_demo_trains_iris_on_a_fresh_cluster(tmp_path: Path) -> None:
-    run_dir = tmp_path / "demo-cluster"
+def test_demo_trains_iris_on_a_fresh_cluster() -> None:
+    # A short path: the kubelet's unix sockets live under the run dir (at most 107 bytes).
+    run_dir = Path(tempfile.mkdtemp(prefix="kt-demo-"))
     env = {**os.environ, "KUBETRAIN_RUN_DIR": str(run_dir), "KUBETRAIN_GPU_NODE": ""}
     env.pop("KUBECONFIG", None)
 

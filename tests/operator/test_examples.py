@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -242,11 +243,11 @@ def test_namespace_glob_watches_exactly_the_matching_namespaces(
 
 
 @pytest.fixture
-def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def private_cluster() -> Iterator[Cluster]:
     """A second dev cluster (own etcd, API server, kubelet and containerd, network slot, run dir) that lives
     only for one test, so an ``--all-namespaces`` operator cannot touch the runs of other tests on the shared
     cluster."""
-    run_dir = tmp_path_factory.mktemp("private-cluster")
+    run_dir = Path(tempfile.mkdtemp(prefix="kt-private-"))  # short: the kubelet's unix sockets live under it
     env = {
         **os.environ,
         "KUBETRAIN_RUN_DIR": str(run_dir),
