@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 .PHONY: help tools images manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick clean
 
 help:
-	@echo "make demo      local control plane + operator + the iris example trained"
+	@echo "make demo      local cluster (real kubelet, needs root) + operator from the chart + iris trained"
 	@echo "make test      lint, types and every test tier (unit + real cluster)"
 	@echo "make venv      the project's virtualenv (.venv) with all extras"
 	@echo "make crds      regenerate crds/ (and the chart's copy) from the typed API"
@@ -23,20 +23,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# System tools the tests use: Prometheus and promtool (Debian's package), openssl for the dev cluster's PKI,
-# headless Chromium for the model report test (tests/trainer/test_report.py); buildah, runc, debootstrap and
-# strip (binutils) for the images (hack/build-images), flock (util-linux).
+# System packages (Debian): Prometheus and promtool for the monitoring tests; openssl for the dev cluster's
+# PKI; containerd, runc, the CNI plugins, iproute2 for the dev cluster's real nodes; buildah, debootstrap,
+# strip (binutils), flock (util-linux), gcc/libc6-dev (static pause binary) and busybox-static for the images;
+# headless Chromium for the model report test (tests/trainer/test_report.py). apt-get runs only when one is missing.
+APT_PACKAGES := prometheus openssl containerd runc containernetworking-plugins iproute2 buildah debootstrap \
+	binutils util-linux gcc libc6-dev busybox-static chromium
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v openssl >/dev/null \
-		&& command -v chromium >/dev/null || { \
-		echo "installing prometheus, openssl, chromium (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus openssl chromium >/dev/null; }
-	@command -v buildah >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
-		&& command -v strip >/dev/null && command -v flock >/dev/null || { \
-		echo "installing buildah, runc, debootstrap, binutils (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			buildah runc debootstrap binutils util-linux >/dev/null; }
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing" $$missing "(apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 # The trainer and operator images (buildah; cached by input hash). Prints *_IMAGE, *_ARCHIVE, *_IMAGE_ID.
 images: tools
@@ -66,19 +64,19 @@ crds: venv
 test-unit: venv
 	$(BIN)/pytest -m "not cluster" tests
 
-test-cluster: venv
+test-cluster: venv tools
 	$(BIN)/pytest -m cluster tests
 
 test: venv tools lint typecheck
 	$(BIN)/pytest tests
 
-cluster-up: venv
+cluster-up: venv tools
 	hack/dev-cluster up
 
 cluster-down:
 	hack/dev-cluster down
 
-demo: venv
+demo: venv tools
 	hack/demo
 
 # Benchmarks (reports in bench/reports/). The operator benchmark starts the dev cluster (set KUBETRAIN_RUN_DIR

@@ -2,8 +2,8 @@
 
 Cluster tests (``@pytest.mark.cluster``) get a real control plane through the session fixture ``cluster``:
 ``KUBETRAIN_TEST_KUBECONFIG`` selects an existing cluster (e.g. kind), otherwise ``hack/dev-cluster up``
-starts the local one (built from source, pods run by hack/node_agent.py). The fixture is lazy: unit tests
-never start anything.
+starts the local one (built from source; real kubelets on containerd run the pods, so it needs root). The
+fixture is lazy: unit tests never start anything.
 """
 
 from __future__ import annotations
@@ -49,14 +49,73 @@ def _cache_root() -> Path:
     return Path(os.environ.get("KUBETRAIN_CACHE", Path.home() / ".cache" / "kubetrain"))
 
 
+#: The small image every dev-cluster node has (hack/dev-cluster builds it from Debian's busybox-static).
+BUSYBOX_IMAGE = "localhost/kubetrain/busybox:1.35"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (hack/dev-cluster's cluster.env and images.env); {} when the file is missing."""
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 @dataclass
 class Cluster:
-    """A running cluster: its admin kubeconfig, an environment with our kubectl/helm, and helpers."""
+    """A running cluster: its admin kubeconfig, an environment with our kubectl/helm, and helpers.
+
+    For the local dev cluster, ``info`` is its ``cluster.env`` (NODE_IP: this machine's address on the pod
+    bridge, the only host address pods can reach; CPU_NODE, GPU_NODE) and ``images`` its ``images.env``
+    (TRAINER_IMAGE[_ID], OPERATOR_IMAGE[_ID], the project's images imported into every node)."""
 
     kubeconfig: str
     run_dir: Path | None
     external: bool
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def info(self) -> dict[str, str]:
+        return read_env_file(self.run_dir / "cluster.env") if self.run_dir else {}
+
+    @property
+    def images(self) -> dict[str, str]:
+        return read_env_file(self.run_dir / "images.env") if self.run_dir else {}
+
+    @property
+    def host_ip(self) -> str:
+        """The address of this machine that pods can reach (servers for pods bind here)."""
+        return self.info.get("NODE_IP", "127.0.0.1")
+
+    def claim(self, namespace: str, name: str, storage: str = "1Gi") -> Path:
+        """A PersistentVolumeClaim bound to a static ``local`` PersistentVolume whose folder is
+        ``<run dir>/pvc/<namespace>/<name>`` on this machine (the kubelet applies ``fsGroup`` to local
+        volumes, unlike hostPath). Returns the folder; the claim is Bound when this returns."""
+        assert self.run_dir is not None, "claims on the local dev cluster only"
+        path = claim_path(self.run_dir, namespace, name)
+        path.mkdir(parents=True, exist_ok=True)
+        self.apply(local_volume(namespace, name, path, storage))
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "volumeName": local_volume_name(namespace, name),
+                    "resources": {"requests": {"storage": storage}},
+                },
+            },
+            namespace,
+        )
+        wait_until(
+            f"claim {namespace}/{name} Bound",
+            lambda: self.get_json("pvc", name, "-n", namespace).get("status", {}).get("phase") == "Bound",
+            60,
+            0.3,
+        )
+        return path
 
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
@@ -76,6 +135,42 @@ class Cluster:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", *ns, "-f", "-", input=text)
+
+
+def claim_path(run_dir: Path, namespace: str, claim: str) -> Path:
+    return run_dir / "pvc" / namespace / claim
+
+
+def local_volume_name(namespace: str, claim: str) -> str:
+    return f"{namespace}-{claim}"[:253]
+
+
+def local_volume(namespace: str, claim: str, path: Path, storage: str = "1Gi") -> dict[str, Any]:
+    """A static ``local`` PV for one claim (pre-bound by claimRef), usable on every dev-cluster node (they are
+    all this machine). Retain: the folder stays for the test to read; ``reset`` removes it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": local_volume_name(namespace, claim),
+            "labels": {"kubetrain.io/claim-namespace": namespace[:63]},
+        },
+        "spec": {
+            "capacity": {"storage": storage},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": claim},
+            "local": {"path": str(path)},
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "kubetrain.io/dev-node", "operator": "In", "values": ["true"]}]}
+                    ]
+                }
+            },
+        },
+    }
 
 
 def _parse_up_output(stdout: str) -> tuple[str, str | None]:
@@ -124,3 +219,5 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         time.sleep(0.3)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    if not cluster.external:
+        cluster.kubectl("delete", "pv", "-l", f"kubetrain.io/claim-namespace={name}", "--wait=false", check=False)

@@ -23,14 +23,15 @@ def clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def moto_server(log_path: Path, **env: str) -> Iterator[str]:
-    """Run ``python -m moto.server`` on a free loopback port; yields its endpoint URL."""
+def moto_server(log_path: Path, host: str = "127.0.0.1", **env: str) -> Iterator[str]:
+    """Run ``python -m moto.server`` on a free port of ``host`` (loopback, or the dev cluster's address on
+    the pod bridge when pods must reach it); yields its endpoint URL."""
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            env={**clean_env(), "NO_PROXY": "127.0.0.1,localhost", **env},
+            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+            env={**clean_env(), "NO_PROXY": f"127.0.0.1,localhost,{host}", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -1,7 +1,7 @@
-"""Acceptance tests of the local control plane (hack/dev-cluster) and its node agent (hack/node_agent.py).
+"""Acceptance tests of the local dev cluster (hack/dev-cluster): a real control plane and real nodes (kubelet
+on containerd, pods on a CNI bridge) built from source.
 
-They run against the real kube-apiserver / controller-manager / scheduler built from source; pods are run
-by the local node agent as processes. Each test gets a fresh namespace.
+Pods run the small busybox image every node has (BUSYBOX_IMAGE). Each test gets a fresh namespace.
 """
 
 from __future__ import annotations
@@ -13,18 +13,24 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Cluster, wait_until
+from tests.conftest import BUSYBOX_IMAGE, REPO, Cluster, wait_until
 from tests.operator.crds import install_crds
 
 pytestmark = pytest.mark.cluster
 
 SUPPORTED_RELEASES = ("v1.37.2", "v1.36.3")
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def job(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+def local_only(cluster: Cluster) -> None:
+    if cluster.external:
+        pytest.skip("node layout is specific to the local dev cluster")
+
+
+def job(name: str, script: str, **spec: Any) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "python:3.11-slim", "command": command}],
+        "containers": [{"name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]}],
     }
     pod_spec.update(spec.pop("pod", {}))
     return {
@@ -35,7 +41,7 @@ def job(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
     }
 
 
-def pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
+def pod(name: str, script: str, **container: Any) -> dict[str, Any]:
     spec: dict[str, Any] = container.pop("pod_spec", {})
     return {
         "apiVersion": "v1",
@@ -43,7 +49,7 @@ def pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {
             "restartPolicy": "Never",
-            "containers": [{"name": "main", "image": "python:3.11-slim", "command": command, **container}],
+            "containers": [{"name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", script], **container}],
             **spec,
         },
     }
@@ -65,16 +71,19 @@ def terminated(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | 
     return None
 
 
+def running(cluster: Cluster, namespace: str, name: str) -> bool:
+    return cluster.get_json("pod", name, "-n", namespace).get("status", {}).get("phase") == "Running"
+
+
 def test_kubectl_version_shows_release(cluster: Cluster) -> None:
     out = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     assert out["serverVersion"]["gitVersion"] in SUPPORTED_RELEASES
     assert out["clientVersion"]["gitVersion"] == out["serverVersion"]["gitVersion"]
 
 
-def test_nodes_registered_with_capacity_and_taints(cluster: Cluster) -> None:
+def test_nodes_are_real_kubelets_with_gpu_capacity_and_taints(cluster: Cluster) -> None:
+    local_only(cluster)
     nodes = {n["metadata"]["name"]: n for n in cluster.get_json("nodes")["items"]}
-    if cluster.external:
-        pytest.skip("node layout is specific to the local node agent")
     gpu = nodes["kubetrain-dev-gpu"]
     assert gpu["status"]["allocatable"]["nvidia.com/gpu"] == "2"
     assert gpu["metadata"]["labels"]["nvidia.com/gpu.present"] == "true"
@@ -83,18 +92,35 @@ def test_nodes_registered_with_capacity_and_taints(cluster: Cluster) -> None:
     for node in nodes.values():
         ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
         assert ready and ready[0]["status"] == "True"
+        info = node["status"]["nodeInfo"]
+        assert info["kubeletVersion"] in SUPPORTED_RELEASES
+        assert info["containerRuntimeVersion"].startswith("containerd://")
+        assert {"type": "InternalIP", "address": cluster.host_ip} in node["status"]["addresses"]
 
 
-def test_job_completes(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(job("hello", ["python3", "-c", "import sys; print('hello from', sys.executable)"]), namespace)
+def test_job_completes_and_kubectl_logs_reads_the_container(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(job("hello", "echo hello from $(hostname) uid=$(id -u)"), namespace)
     assert wait_until("job Complete", lambda: job_condition(cluster, namespace, "hello"), 120) == "Complete"
-    # kubectl logs goes apiserver -> the agent's kubelet-style log endpoint.
+    # kubectl logs goes API server -> the kubelet's server on the node's InternalIP.
     logs = cluster.kubectl("logs", "-n", namespace, "job/hello").stdout
-    assert "hello from" in logs and ".venv" in logs
+    assert "hello from hello-" in logs and "uid=0" in logs
+
+
+def test_kubectl_exec_runs_in_the_container(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(pod("shell", "echo started > /tmp/marker; sleep 600"), namespace)
+    wait_until("pod Running", lambda: running(cluster, namespace, "shell"), 90)
+    out = wait_until(
+        "exec works",
+        lambda: cluster.kubectl("exec", "-n", namespace, "shell", "--", "cat", "/tmp/marker", check=False).stdout,
+        30,
+    )
+    assert out.strip() == "started"
+    proc = cluster.kubectl("exec", "-n", namespace, "shell", "--", "sh", "-c", "exit 7", check=False)
+    assert proc.returncode == 7
 
 
 def test_failing_job_fails_after_backoff_limit(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(job("boom", ["python3", "-c", "raise SystemExit(3)"], backoffLimit=1), namespace)
+    cluster.apply(job("boom", "exit 3", backoffLimit=1), namespace)
     assert wait_until("job Failed", lambda: job_condition(cluster, namespace, "boom"), 180) == "Failed"
     pods = cluster.get_json("pods", "-n", namespace, "-l", "job-name=boom")["items"]
     assert len(pods) == 2  # the first try + backoffLimit retries
@@ -105,10 +131,7 @@ def test_failing_job_fails_after_backoff_limit(cluster: Cluster, namespace: str)
 
 def test_too_many_gpus_stays_pending_unschedulable(cluster: Cluster, namespace: str) -> None:
     manifest = pod(
-        "greedy",
-        ["python3", "-c", "pass"],
-        resources={"limits": {"nvidia.com/gpu": "99"}},
-        pod_spec={"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "greedy", "true", resources={"limits": {"nvidia.com/gpu": "99"}}, pod_spec={"tolerations": [GPU_TOLERATION]}
     )
     cluster.apply(manifest, namespace)
 
@@ -125,28 +148,31 @@ def test_too_many_gpus_stays_pending_unschedulable(cluster: Cluster, namespace: 
     assert cluster.get_json("pod", "greedy", "-n", namespace)["status"]["phase"] == "Pending"
 
 
-def test_gpu_pod_lands_on_gpu_node(cluster: Cluster, namespace: str) -> None:
-    if cluster.external:
-        pytest.skip("node layout is specific to the local node agent")
-    manifest = pod(
-        "gpu",
-        ["python3", "-c", "print('gpu ok')"],
-        resources={"limits": {"nvidia.com/gpu": "1"}},
-        pod_spec={"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-    )
-    cluster.apply(manifest, namespace)
+def test_gpu_pod_lands_on_gpu_node_and_needs_the_toleration(cluster: Cluster, namespace: str) -> None:
+    local_only(cluster)
+    limits = {"limits": {"nvidia.com/gpu": "1"}}
+    cluster.apply(pod("gpu", "echo gpu ok", resources=limits, pod_spec={"tolerations": [GPU_TOLERATION]}), namespace)
+    cluster.apply(pod("intolerant", "echo never", resources=limits), namespace)
     wait_until("pod Succeeded", lambda: terminated(cluster, namespace, "gpu"), 90)
     assert cluster.get_json("pod", "gpu", "-n", namespace)["spec"]["nodeName"] == "kubetrain-dev-gpu"
 
+    def untolerated() -> str | None:
+        for c in cluster.get_json("pod", "intolerant", "-n", namespace)["status"].get("conditions") or []:
+            if c["type"] == "PodScheduled" and c["status"] == "False":
+                return str(c.get("message", ""))
+        return None
+
+    assert "untolerated taint" in wait_until("intolerant pod Unschedulable", untolerated, 60)
+
 
 def test_deleting_job_removes_pods_via_garbage_collector(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(job("sleeper", ["python3", "-c", "import time; time.sleep(600)"]), namespace)
+    cluster.apply(job("sleeper", "sleep 600"), namespace)
 
-    def running() -> bool:
+    def pods_running() -> bool:
         pods = cluster.get_json("pods", "-n", namespace, "-l", "job-name=sleeper")["items"]
         return bool(pods) and all(p["status"].get("phase") == "Running" for p in pods)
 
-    wait_until("job pod Running", running, 90)
+    wait_until("job pod Running", pods_running, 90)
     cluster.kubectl("delete", "job", "sleeper", "-n", namespace, "--cascade=background", "--wait=false")
     pods_gone = wait_until(
         "pods gone",
@@ -159,124 +185,183 @@ def test_deleting_job_removes_pods_via_garbage_collector(cluster: Cluster, names
 
 
 def test_termination_message_in_pod_status(cluster: Cluster, namespace: str) -> None:
-    # Written through the env var, and through the (rewritten) terminationMessagePath given as an argument.
-    script = "import os, sys; open(os.environ['KUBETRAIN_TERMINATION_LOG'], 'w').write('trained: acc=0.97')"
-    cluster.apply(pod("by-env", ["python3", "-c", script]), namespace)
-    script2 = "import sys; open(sys.argv[1], 'w').write('via path'); sys.exit(2)"
+    cluster.apply(pod("default-path", "printf 'trained: acc=0.97' > /dev/termination-log"), namespace)
     cluster.apply(
-        pod("by-path", ["python3", "-c", script2, "/dev/termination-log"]),
+        pod("custom-path", "printf 'via path' > /tmp/result; exit 2", terminationMessagePath="/tmp/result"),
         namespace,
     )
     cluster.apply(
-        pod(
-            "fallback",
-            ["python3", "-c", "print('line one'); print('the real error'); raise SystemExit(1)"],
-            terminationMessagePolicy="FallbackToLogsOnError",
-        ),
+        pod("fallback", "echo line one; echo the real error; exit 1", terminationMessagePolicy="FallbackToLogsOnError"),
         namespace,
     )
-    t1 = wait_until("by-env terminated", lambda: terminated(cluster, namespace, "by-env"), 90)
+    t1 = wait_until("default-path terminated", lambda: terminated(cluster, namespace, "default-path"), 90)
     assert t1["message"] == "trained: acc=0.97" and t1["reason"] == "Completed" and t1["exitCode"] == 0
-    t2 = wait_until("by-path terminated", lambda: terminated(cluster, namespace, "by-path"), 90)
+    t2 = wait_until("custom-path terminated", lambda: terminated(cluster, namespace, "custom-path"), 90)
     assert t2["message"] == "via path" and t2["reason"] == "Error" and t2["exitCode"] == 2
     t3 = wait_until("fallback terminated", lambda: terminated(cluster, namespace, "fallback"), 90)
     assert "the real error" in t3["message"]
 
 
-def test_env_field_refs_and_volume_path_rewriting(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-        namespace,
-    )
+def test_env_field_refs_and_claim_on_this_machine(cluster: Cluster, namespace: str) -> None:
+    local_only(cluster)
+    folder = cluster.claim(namespace, "models")
+    (folder / "input.txt").write_text("from the host")
     script = (
-        "import json, os, sys\n"
-        "open(sys.argv[1], 'w').write('m')  # literal paths inside the script are NOT rewritten\n"
-        "open(os.path.join(os.environ['SCRATCH'], 'x'), 'w').write('x')\n"
-        "keys = ['POD_NAME', 'POD_NS', 'NODE', 'MEM_MI', 'CPU', 'TEAM', 'SCRATCH', 'TMPDIR', 'GREETING']\n"
-        "json.dump({k: os.environ.get(k) for k in keys} | {'cwd': os.getcwd(), 'arg': sys.argv[1]},\n"
-        "          open(os.environ['KUBETRAIN_TERMINATION_LOG'], 'w'))\n"
+        "mkdir -p /models/run1/out && cat /models/run1/../input.txt > /models/run1/out/copy.txt && "
+        'printf \'%s|%s|%s|%s|%s|%s|%s|%s\' "$POD_NAME" "$POD_NS" "$NODE" "$TEAM" "$MEM_MI" "$CPU" '
+        '"$GREETING" "$POD_IP" > /dev/termination-log'
     )
     manifest = pod(
         "envs",
-        ["python3", "-c", script, "/models/out/model.txt"],
-        workingDir="/scratch/work",
+        script,
         env=[
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['team']"}}},
-            {
-                "name": "MEM_MI",
-                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
-            },
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
             {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
-            {"name": "SCRATCH", "value": "/scratch/data"},
             {"name": "WHO", "value": "world"},
             {"name": "GREETING", "value": "hello $(WHO)"},
         ],
         resources={"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
-        volumeMounts=[
-            {"name": "models", "mountPath": "/models", "subPath": "run1"},
-            {"name": "scratch", "mountPath": "/scratch"},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-        pod_spec={
-            "volumes": [
-                {"name": "models", "persistentVolumeClaim": {"claimName": "models"}},
-                {"name": "scratch", "emptyDir": {}},
-                {"name": "tmp", "emptyDir": {}},
-            ]
-        },
+        volumeMounts=[{"name": "models", "mountPath": "/models"}],
+        pod_spec={"volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}]},
     )
     manifest["metadata"]["labels"] = {"team": "ml"}
-    # The directories a real image would have: created by an init container through the same rewriting.
-    manifest["spec"]["initContainers"] = [
-        {
-            "name": "mkdirs",
-            "image": "busybox",
-            "command": ["mkdir", "-p", "/models/out", "/scratch/data"],
-            "volumeMounts": manifest["spec"]["containers"][0]["volumeMounts"],
-        }
-    ]
     cluster.apply(manifest, namespace)
     t = wait_until("pod terminated", lambda: terminated(cluster, namespace, "envs"), 90)
     assert t["exitCode"] == 0, t
-    got = json.loads(t["message"])
-    assert got["POD_NAME"] == "envs" and got["POD_NS"] == namespace and got["TEAM"] == "ml"
-    assert got["MEM_MI"] == "512" and got["CPU"] == "250" and got["GREETING"] == "hello world"
-    assert got["NODE"] in ("kubetrain-dev", "kubetrain-dev-gpu") or cluster.external
-    if cluster.run_dir is not None:
-        pvc_dir = cluster.run_dir / "pvc" / namespace / "models" / "run1"
-        assert got["arg"] == str(pvc_dir / "out" / "model.txt")
-        assert (pvc_dir / "out" / "model.txt").read_text() == "m"
-        assert got["cwd"].endswith("/volumes/scratch/work")
-        assert got["SCRATCH"].endswith("/volumes/scratch/data")
-        assert got["TMPDIR"] is not None and got["TMPDIR"].endswith("/volumes/tmp")
+    name, ns, node, team, mem, cpu, greeting, pod_ip = t["message"].split("|")
+    assert (name, ns, team, mem, cpu, greeting) == ("envs", namespace, "ml", "512", "250", "hello world")
+    assert node == "kubetrain-dev"
+    assert pod_ip.startswith(cluster.info["POD_SUBNET"].rsplit(".", 1)[0] + "."), pod_ip
+    # The claim is a real mount of the folder on this machine: what the pod wrote is there.
+    assert (folder / "run1" / "out" / "copy.txt").read_text() == "from the host"
+
+
+def test_fs_group_decides_who_may_write_a_claim(cluster: Cluster, namespace: str) -> None:
+    local_only(cluster)
+    folder = cluster.claim(namespace, "shared")
+    nonroot = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}
+    write = "touch /data/$(id -u)-$(id -G | tr ' ' '-') && echo ok"
+    mount = [{"name": "shared", "mountPath": "/data"}]
+    volumes = [{"name": "shared", "persistentVolumeClaim": {"claimName": "shared"}}]
+    cluster.apply(
+        pod(
+            "with-fsgroup",
+            write,
+            volumeMounts=mount,
+            pod_spec={"volumes": volumes, "securityContext": {**nonroot, "fsGroup": 10001}},
+        ),
+        namespace,
+    )
+    t = wait_until("with-fsgroup terminated", lambda: terminated(cluster, namespace, "with-fsgroup"), 90)
+    assert t["exitCode"] == 0, t
+    written = [p for p in folder.iterdir() if p.name.startswith("10001-")]
+    assert len(written) == 1 and written[0].stat().st_gid == 10001
+    assert folder.stat().st_gid == 10001  # the kubelet applied fsGroup to the local volume
+    # The same user without the fsGroup: the kubelet changes nothing and the root-owned folder refuses it.
+    (folder / "sub").mkdir()
+    (folder / "sub").chmod(0o755)
+    cluster.apply(
+        pod(
+            "without-fsgroup",
+            "touch /data/sub/x",
+            volumeMounts=mount,
+            pod_spec={"volumes": volumes, "securityContext": nonroot},
+        ),
+        namespace,
+    )
+    t2 = wait_until("without-fsgroup terminated", lambda: terminated(cluster, namespace, "without-fsgroup"), 90)
+    assert t2["exitCode"] != 0
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(cluster: Cluster, namespace: str) -> None:
+    local_only(cluster)
+    cluster.kubectl("create", "serviceaccount", "probe", "-n", namespace)
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "probe-view",
+        "--clusterrole=view",
+        f"--serviceaccount={namespace}:probe",
+        "-n",
+        namespace,
+    )
+    # busybox's wget cannot do TLS with the API server (handshake failure): Python's ssl from the trainer
+    # image, verifying the API server against the ServiceAccount's CA, with the pod's own projected token.
+    image = cluster.images.get("TRAINER_IMAGE")
+    assert image, "no trainer image in the dev cluster (hack/dev-cluster load-images)"
+    script = (
+        "import os, ssl, urllib.request\n"
+        "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+        "host, port = os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT']\n"
+        "print(f'host={host}:{port}')\n"
+        "ctx = ssl.create_default_context(cafile=f'{sa}/ca.crt')\n"
+        "ns = open(f'{sa}/namespace').read()\n"
+        "req = urllib.request.Request(f'https://kubernetes.default.svc:{port}/api/v1/namespaces/{ns}/serviceaccounts',\n"
+        "    headers={'Authorization': 'Bearer ' + open(f'{sa}/token').read()})\n"
+        "import socket\n"
+        "orig = socket.getaddrinfo\n"
+        "socket.getaddrinfo = lambda h, *a, **k: orig(host if h == 'kubernetes.default.svc' else h, *a, **k)\n"
+        "print(urllib.request.urlopen(req, context=ctx, timeout=10).read().decode())\n"
+    )
+    manifest = pod("probe", "")
+    manifest["spec"]["containers"][0].update(image=image, command=["python", "-c", script])
+    manifest["spec"]["serviceAccountName"] = "probe"
+    cluster.apply(manifest, namespace)
+    t = wait_until("probe terminated", lambda: terminated(cluster, namespace, "probe"), 90)
+    logs = cluster.kubectl("logs", "-n", namespace, "probe").stdout
+    assert t["exitCode"] == 0, logs
+    svc = cluster.get_json("service", "kubernetes", "-n", "default")
+    assert f"host={svc['spec']['clusterIP']}:443" in logs and '"name":"probe"' in logs
+
+
+def test_pods_have_no_route_off_this_machine(cluster: Cluster, namespace: str) -> None:
+    local_only(cluster)
+    cluster.apply(
+        pod("offline", "ip route; wget -q -T 3 -O- http://1.1.1.1/ && echo REACHED || echo unreachable"), namespace
+    )
+    wait_until("offline terminated", lambda: terminated(cluster, namespace, "offline"), 90)
+    logs = cluster.kubectl("logs", "-n", namespace, "offline").stdout
+    assert "default" not in logs and "unreachable" in logs and "REACHED" not in logs, logs
 
 
 def test_restricted_namespace_refuses_privileged_pod(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    manifest = pod("priv", ["python3", "-c", "pass"], securityContext={"privileged": True})
+    manifest = pod("priv", "true", securityContext={"privileged": True})
     proc = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
     assert proc.returncode != 0
     assert "violates PodSecurity" in proc.stderr and "privileged" in proc.stderr
 
 
-def test_memory_limit_ends_oomkilled(cluster: Cluster, namespace: str) -> None:
-    script = "import time; x = b'a' * (400 * 1024 * 1024); time.sleep(60)"
-    cluster.apply(pod("hog", ["python3", "-c", script], resources={"limits": {"memory": "128Mi"}}), namespace)
+def test_memory_limit_is_enforced_by_the_kernel(cluster: Cluster, namespace: str) -> None:
+    # tail buffers /dev/zero looking for a newline that never comes, until the memory cgroup kills it.
+    cluster.apply(pod("hog", "tail /dev/zero", resources={"limits": {"memory": "128Mi"}}), namespace)
     t = wait_until("pod terminated", lambda: terminated(cluster, namespace, "hog"), 90)
     assert t["reason"] == "OOMKilled" and t["exitCode"] == 137
     assert cluster.get_json("pod", "hog", "-n", namespace)["status"]["phase"] == "Failed"
 
 
+def test_cpu_limit_is_a_cfs_quota_in_the_container_cgroup(cluster: Cluster, namespace: str) -> None:
+    local_only(cluster)
+    cluster.apply(
+        pod(
+            "quota",
+            "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us > /dev/termination-log",
+            resources={"limits": {"cpu": "250m", "memory": "64Mi"}},
+        ),
+        namespace,
+    )
+    t = wait_until("quota terminated", lambda: terminated(cluster, namespace, "quota"), 90)
+    quota, period = (int(x) for x in t["message"].split())
+    assert quota / period == pytest.approx(0.25), t["message"]
+
+
 def test_invalid_registry_image_shows_image_pull_backoff(cluster: Cluster, namespace: str) -> None:
-    manifest = pod("nopull", ["python3", "-c", "pass"])
+    manifest = pod("nopull", "true")
     manifest["spec"]["containers"][0]["image"] = "registry.example.invalid/kubetrain/trainer:0.0.0"
     cluster.apply(manifest, namespace)
 
@@ -288,21 +373,23 @@ def test_invalid_registry_image_shows_image_pull_backoff(cluster: Cluster, names
                 return str(reason)
         return None
 
-    assert wait_until("ImagePullBackOff", waiting_reason, 60) == "ImagePullBackOff"
+    assert wait_until("ImagePullBackOff", waiting_reason, 90) == "ImagePullBackOff"
     assert cluster.get_json("pod", "nopull", "-n", namespace)["status"]["phase"] == "Pending"
 
 
 def test_pod_active_deadline_and_restart_on_failure(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(pod("deadline", "sleep 600", pod_spec={"activeDeadlineSeconds": 3}), namespace)
+    # Fails once, then succeeds: restarted in place by the kubelet (the emptyDir outlives the container).
+    script = "n=$(cat /state/tries 2>/dev/null || echo 0); echo $((n + 1)) > /state/tries; [ $n -ge 1 ]"
     cluster.apply(
-        pod("deadline", ["python3", "-c", "import time; time.sleep(600)"], pod_spec={"activeDeadlineSeconds": 3}),
+        pod(
+            "flaky",
+            script,
+            volumeMounts=[{"name": "state", "mountPath": "/state"}],
+            pod_spec={"restartPolicy": "OnFailure", "volumes": [{"name": "state", "emptyDir": {}}]},
+        ),
         namespace,
     )
-    # Fails twice, then succeeds: restarted in place by the agent.
-    script = (
-        "import os, pathlib; p = pathlib.Path(os.environ['HOME'], 'tries'); "
-        "n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); raise SystemExit(0 if n >= 1 else 1)"
-    )
-    cluster.apply(pod("flaky", ["python3", "-c", script], pod_spec={"restartPolicy": "OnFailure"}), namespace)
 
     def phase(name: str) -> str | None:
         p = cluster.get_json("pod", name, "-n", namespace)["status"].get("phase")
@@ -310,7 +397,7 @@ def test_pod_active_deadline_and_restart_on_failure(cluster: Cluster, namespace:
 
     assert wait_until("deadline pod Failed", lambda: phase("deadline"), 60) == "Failed"
     assert cluster.get_json("pod", "deadline", "-n", namespace)["status"]["reason"] == "DeadlineExceeded"
-    assert wait_until("flaky pod Succeeded", lambda: phase("flaky"), 60) == "Succeeded"
+    assert wait_until("flaky pod Succeeded", lambda: phase("flaky"), 90) == "Succeeded"
     cs = cluster.get_json("pod", "flaky", "-n", namespace)["status"]["containerStatuses"][0]
     assert cs["restartCount"] == 1
 

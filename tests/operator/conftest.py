@@ -38,7 +38,7 @@ class Workspace:
         self.cluster = cluster
         self.namespace = namespace
         assert cluster.run_dir is not None, "operator tests need the local dev cluster (claims map to folders)"
-        self.pvc_root = cluster.run_dir / "pvc" / namespace
+        self.pvc_root = cluster.run_dir / "pvc" / namespace  # see Cluster.claim
 
     def claim_dir(self, claim: str) -> Path:
         return self.pvc_root / claim
@@ -86,21 +86,7 @@ def prepare_workspace(cluster: Cluster, namespace: str) -> Workspace:
     """Bound data/models claims and iris.csv in an existing namespace (with its default service account)."""
     ws = Workspace(cluster, namespace)
     for claim in (DATA_CLAIM, MODELS_CLAIM):
-        ws.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            }
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        phases = [ws.get("pvc", c).get("status", {}).get("phase") for c in (DATA_CLAIM, MODELS_CLAIM)]
-        if phases == ["Bound", "Bound"] and ws.claim_dir(DATA_CLAIM).is_dir():
-            break
-        assert time.monotonic() < deadline, f"claims not Bound after 30s: {phases}"
-        time.sleep(0.3)
+        cluster.claim(namespace, claim)  # a static local PV whose folder is ws.claim_dir(claim)
     ws.write_csv("iris.csv", iris_frame())
     return ws
 

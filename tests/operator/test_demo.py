@@ -1,31 +1,47 @@
-"""`hack/demo` (what `make demo` runs) from an empty cluster: its own run directory, so a new etcd, PKI and
-node agent, then CRDs, claims, the operator and the iris example trained and registered."""
+"""`hack/demo` (what `make demo` runs) from an empty cluster: its own run directory, so a new etcd, PKI,
+kubelet and containerd, then the images imported, the Helm chart installed with the operator image, claims,
+and the iris example trained in a trainer container and registered."""
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shutil
-import signal
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import DEV_CLUSTER, REPO, free_port
+from tests.conftest import DEV_CLUSTER, REPO, read_env_file
 
 pytestmark = pytest.mark.cluster
 
 
-def test_demo_trains_iris_on_a_fresh_cluster(tmp_path: Path) -> None:
-    run_dir = tmp_path / "demo-cluster"
-    env = {
-        **os.environ,
-        "KUBETRAIN_RUN_DIR": str(run_dir),
-        "KUBETRAIN_METRICS_PORT": str(free_port()),
-        "KUBETRAIN_HEALTH_PORT": str(free_port()),
-    }
+def test_demo_trains_iris_on_a_fresh_cluster() -> None:
+    # A short path: the kubelet's unix sockets live under the run dir (at most 107 bytes).
+    run_dir = Path(tempfile.mkdtemp(prefix="kt-demo-"))
+    env = {**os.environ, "KUBETRAIN_RUN_DIR": str(run_dir), "KUBETRAIN_GPU_NODE": ""}
     env.pop("KUBECONFIG", None)
+
+    def get(*args: str) -> Any:
+        out = subprocess.run(
+            [
+                str(run_dir / "bin" / "kubectl"),
+                "--kubeconfig",
+                str(run_dir / "admin.kubeconfig"),
+                "get",
+                *args,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return json.loads(out)
+
     try:
         proc = subprocess.run(
             [str(REPO / "hack" / "demo")], env=env, capture_output=True, text=True, timeout=900, cwd=REPO
@@ -38,6 +54,19 @@ def test_demo_trains_iris_on_a_fresh_cluster(tmp_path: Path) -> None:
         assert "Succeeded" in run_line.split() and any(c.startswith("accuracy=") for c in run_line.split())
         assert "Ready" in mv_line.split() and '["candidate"]' in mv_line
         assert (run_dir / "pvc" / "kubetrain-demo" / "kubetrain-models" / "iris" / "model.joblib").is_file()
+        images = read_env_file(run_dir / "images.env")
+        # The operator runs in-cluster from the chart, in the image built from Dockerfile.operator ...
+        (op_pod,) = get("pods", "-n", "kubetrain-system", "-l", "app.kubernetes.io/name=kubetrain")["items"]
+        (op_status,) = op_pod["status"]["containerStatuses"]
+        assert op_pod["spec"]["containers"][0]["image"] == images["OPERATOR_IMAGE"]
+        assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"] and op_status["ready"], op_status
+        # ... and iris trained in a container of the image buildah built from Dockerfile.trainer.
+        trainer_pods = get("pods", "-n", "kubetrain-demo", "-l", "kubetrain.io/run=iris")["items"]
+        assert trainer_pods, "the iris trainer pod is gone"
+        for trainer in trainer_pods:
+            (status,) = trainer["status"]["containerStatuses"]
+            assert status["image"].endswith(images["TRAINER_IMAGE"]) and status["imageID"] == images["TRAINER_IMAGE_ID"]
+            assert status["state"]["terminated"]["exitCode"] == 0
         # Run twice: idempotent, reuses the cluster and the trained run.
         again = subprocess.run(
             [str(REPO / "hack" / "demo")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
@@ -45,9 +74,5 @@ def test_demo_trains_iris_on_a_fresh_cluster(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr[-4000:]
         assert "iris-v1" in again.stdout and "iris-v2" not in again.stdout
     finally:
-        pid_file = run_dir / "pids" / "operator-demo.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
         subprocess.run([str(DEV_CLUSTER), "reset"], env=env, capture_output=True, timeout=300)
         shutil.rmtree(run_dir, ignore_errors=True)

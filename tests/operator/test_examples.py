@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -242,11 +243,17 @@ def test_namespace_glob_watches_exactly_the_matching_namespaces(
 
 
 @pytest.fixture
-def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A second dev cluster (own etcd, API server, node agent, run dir) that lives only for one test, so an
-    ``--all-namespaces`` operator cannot touch the runs of other tests on the shared cluster."""
-    run_dir = tmp_path_factory.mktemp("private-cluster")
-    env = {**os.environ, "KUBETRAIN_RUN_DIR": str(run_dir), "KUBETRAIN_AGENT_NODES": "kubetrain-private,cpu=4"}
+def private_cluster() -> Iterator[Cluster]:
+    """A second dev cluster (own etcd, API server, kubelet and containerd, network slot, run dir) that lives
+    only for one test, so an ``--all-namespaces`` operator cannot touch the runs of other tests on the shared
+    cluster."""
+    run_dir = Path(tempfile.mkdtemp(prefix="kt-private-"))  # short: the kubelet's unix sockets live under it
+    env = {
+        **os.environ,
+        "KUBETRAIN_RUN_DIR": str(run_dir),
+        "KUBETRAIN_NODE": "kubetrain-private",
+        "KUBETRAIN_GPU_NODE": "",
+    }
     try:
         proc = subprocess.run([str(DEV_CLUSTER), "up"], capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, f"dev-cluster up failed ({proc.returncode}):\n{proc.stderr[-4000:]}"

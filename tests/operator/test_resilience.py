@@ -2,11 +2,10 @@
 
 The module starts its own cluster (``hack/dev-cluster up`` with a fresh ``KUBETRAIN_RUN_DIR``), because
 it kills, restarts and stalls the API server, which must never happen to the shared one. Teardown always
-runs ``hack/dev-cluster down`` for that run dir and removes it.
+runs ``hack/dev-cluster reset`` for that run dir (pods, mounts, bridge, network slot) and removes it.
 
-* The API server is restarted by hand (SIGKILL, then the SAME command line again): ``hack/dev-cluster
-  up`` would restart the whole cluster including the node agent, which kills running trainer pods
-  (``NodeAgentRestarted``) — not what an API server restart does to a real kubelet's pods.
+* The API server is restarted by hand (SIGKILL, then the SAME command line again), as a crashed API
+  server would be; the kubelets and their running trainer pods carry on meanwhile.
 * A silent watch is modelled by a TCP proxy between operator and API server that stops forwarding on
   every open connection (sockets stay open, no bytes, no FIN/RST). SIGSTOP of the API server is not an
   honest model: after SIGCONT the very same connections carry on, so a test would pass without any
@@ -102,11 +101,11 @@ class PrivateCluster(Cluster):
             time.sleep(0.3)
         return time.monotonic() - t0
 
-    def api_port(self) -> int:
+    def api_address(self) -> tuple[str, int]:
         text = Path(self.kubeconfig).read_text()
-        match = re.search(r"server: https://127\.0\.0\.1:(\d+)", text)
+        match = re.search(r"server: https://([0-9.]+):(\d+)", text)
         assert match, "no server in the admin kubeconfig"
-        return int(match.group(1))
+        return match.group(1), int(match.group(2))
 
 
 def _alive(pid: int) -> bool:
@@ -122,6 +121,7 @@ def private_cluster() -> Iterator[PrivateCluster]:
     run_dir = Path(tempfile.mkdtemp(prefix="kubetrain-resilience-"))
     env = dict(os.environ)
     env["KUBETRAIN_RUN_DIR"] = str(run_dir)
+    env["KUBETRAIN_GPU_NODE"] = ""  # one node (kubelet + containerd) is enough here
     env.pop("KUBECONFIG", None)
     cluster: PrivateCluster | None = None
     try:
@@ -146,7 +146,7 @@ def private_cluster() -> Iterator[PrivateCluster]:
             for p in cluster._restarted:  # a stopped (SIGSTOP) process would ignore SIGTERM
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGCONT)
-        subprocess.run([str(DEV_CLUSTER), "down"], env=env, capture_output=True, text=True, timeout=300)
+        subprocess.run([str(DEV_CLUSTER), "reset"], env=env, capture_output=True, text=True, timeout=300)
         if cluster is not None:
             for p in cluster._restarted:
                 with contextlib.suppress(ProcessLookupError):
@@ -210,7 +210,7 @@ def noticed(ws: Workspace, name: str) -> bool:
 
 
 def catch_up(ws: Workspace, name: str, timeout: float = 150) -> dict[str, float]:
-    """Seconds from now until the trainer pod shows Succeeded (node agent), the Job Complete (Job
+    """Seconds from now until the trainer pod shows Succeeded (kubelet), the Job Complete (Job
     controller) and the run finished (operator): tells whose latency it is."""
     t0 = time.monotonic()
     seen: dict[str, float] = {}
@@ -260,11 +260,11 @@ def log_records(text: str) -> list[str]:
 
 
 class StallingProxy:
-    """127.0.0.1:<port> → 127.0.0.1:<upstream>, byte for byte (TLS passes through). ``stall()`` makes every
+    """127.0.0.1:<port> → the API server's address, byte for byte (TLS passes through). ``stall()`` makes every
     connection open at that moment go silent for good: no bytes either way, but no FIN or RST either —
     a watch that hangs without being closed. New connections are forwarded normally."""
 
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.server.getsockname()[1])
@@ -281,7 +281,7 @@ class StallingProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+                upstream = socket.create_connection(self.upstream, timeout=5)
             except OSError:
                 client.close()
                 continue
@@ -325,7 +325,7 @@ class StallingProxy:
 
     def kubeconfig(self, admin: str, path: Path) -> Path:
         text = Path(admin).read_text()
-        path.write_text(re.sub(r"server: https://127\.0\.0\.1:\d+", f"server: https://127.0.0.1:{self.port}", text))
+        path.write_text(re.sub(r"server: https://[0-9.]+:\d+", f"server: https://127.0.0.1:{self.port}", text))
         return path
 
 
@@ -377,7 +377,7 @@ def test_silent_watch_recovers_within_client_timeout(
     """Every connection of the operator goes silent (not closed): the watch client timeout ends the
     stalled watches, and a run created afterwards is noticed and trained."""
     cluster = private_cluster
-    proxy = StallingProxy(cluster.api_port())
+    proxy = StallingProxy(cluster.api_address())
     try:
         kubeconfig = proxy.kubeconfig(cluster.kubeconfig, tmp_path / "via-proxy.kubeconfig")
         op.start(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import Cluster, wait_until
 from tests.s3server import moto_server
 
 from .conftest import Operator, Workspace, iris_frame, iris_run
@@ -23,8 +23,8 @@ pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is neede
 
 
 @pytest.fixture
-def s3_endpoint(tmp_path: Path) -> Iterator[str]:
-    with moto_server(tmp_path / "moto.log") as endpoint:
+def s3_endpoint(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+    with moto_server(tmp_path / "moto.log", host=cluster.host_ip) as endpoint:
         yield endpoint
 
 
@@ -46,7 +46,7 @@ def test_s3_dataset_and_output_through_env_from(workspace: Workspace, operator: 
     )  # fmt: skip
     ws.kubectl(
         "create", "configmap", "s3-endpoint", f"--from-literal=AWS_ENDPOINT_URL={s3_endpoint}",
-        "--from-literal=AWS_DEFAULT_REGION=us-east-1", "--from-literal=NO_PROXY=127.0.0.1,localhost",
+        "--from-literal=AWS_DEFAULT_REGION=us-east-1", "--from-literal=NO_PROXY=*",
     )  # fmt: skip
     run = iris_run(
         "iris-s3",
