@@ -346,7 +346,8 @@ def test_build_verify_job_pvc() -> None:
     assert env["KUBETRAIN_VERIFY_SHA256"] == SHA
     assert {"name": "artifact", "mountPath": "/mnt/kubetrain/pvc/models", "readOnly": True} in c["volumeMounts"]
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    assert c["command"][-4:] == ["--model", "/mnt/kubetrain/pvc/models/iris/run-a/model.joblib", "--sha256", SHA]
+    # The path and checksum reach the trainer through its environment only (no node-agent copies as args).
+    assert c["command"] == ["python", "-m", "kubetrain_trainer", "verify"]
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert claims == ["models"]
 

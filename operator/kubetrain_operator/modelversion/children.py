@@ -70,13 +70,6 @@ def verify_job_name(mv: Mapping[str, Any]) -> str:
     return child_job_name(mv["metadata"]["name"], COMPONENT_VERIFY, mv["metadata"]["uid"], art["uri"], art["sha256"])
 
 
-def node_agent_args(path: str, sha256: str) -> list[str]:
-    """The local path and checksum again as arguments, for the dev cluster's process-based node agent, which
-    rewrites only values that *start* with a mount path (the trainer reads the same from its environment)."""
-    # node-agent scaffolding: remove with hack/node_agent.py
-    return ["--model", path, "--sha256", sha256]
-
-
 def build_verify_job(mv: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     """The Job that runs ``python -m kubetrain_trainer verify`` on an artifact the operator cannot trust.
 
@@ -91,8 +84,6 @@ def build_verify_job(mv: Mapping[str, Any], settings: Settings) -> dict[str, Any
     command = list(contract.VERIFY_COMMAND)
     pvc = k8s.pvc_mount(uri, settings.pvc_mount_root)
     volumes = [k8s.Volume("artifact", pvc[0], pvc[1], True)] if pvc else []
-    if pvc:
-        command += node_agent_args(pvc[2], sha)
     env = [
         {"name": contract.ENV_VERIFY_URI, "value": f"file://{pvc[2]}" if pvc else uri},
         {"name": contract.ENV_VERIFY_SHA256, "value": sha},
