@@ -294,7 +294,7 @@ def test_a_source_change_rebuilds_only_the_last_layer(built: dict[str, str], tmp
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ("Dockerfile.trainer", "Dockerfile.operator", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, copy / name)
-    for tree in ("api", "operator", "trainer", "hack", "helm"):
+    for tree in ("api", "operator", "trainer", "cli", "hack", "helm"):
         shutil.copytree(REPO / tree, copy / tree, ignore=ignore)
     init = copy / "trainer" / "kubetrain_trainer" / "__init__.py"
     init.write_text(init.read_text() + f"\n# a change {uuid.uuid4().hex}\n")
