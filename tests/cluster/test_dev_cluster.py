@@ -342,7 +342,9 @@ def test_memory_limit_is_enforced_by_the_kernel(cluster: Cluster, namespace: str
     cluster.apply(pod("hog", "tail /dev/zero", resources={"limits": {"memory": "128Mi"}}), namespace)
     t = wait_until("pod terminated", lambda: terminated(cluster, namespace, "hog"), 90)
     assert t["reason"] == "OOMKilled" and t["exitCode"] == 137
-    assert cluster.get_json("pod", "hog", "-n", namespace)["status"]["phase"] == "Failed"
+    # The kubelet reports the container's end first and the pod's terminal phase once the sandbox is down.
+    phase = lambda: cluster.get_json("pod", "hog", "-n", namespace)["status"]["phase"] == "Failed"  # noqa: E731
+    wait_until("pod Failed", phase, 60)
 
 
 def test_cpu_limit_is_a_cfs_quota_in_the_container_cgroup(cluster: Cluster, namespace: str) -> None:
