@@ -17,7 +17,7 @@ KINDS = {"TrainingRun": TrainingRun, "ModelVersion": ModelVersion}
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _check(doc: dict[str, Any]) -> None:
+def check_spec(doc: dict[str, Any]) -> None:
     model = KINDS[doc["kind"]]
     try:
         parsed = model.model_validate(doc)
@@ -34,10 +34,10 @@ def _check(doc: dict[str, Any]) -> None:
 @FUZZ
 @given(manifests("TrainingRun"))
 def test_fuzzed_training_runs_are_accepted_or_refused_naming_a_field(doc: dict[str, Any]) -> None:
-    _check(doc)
+    check_spec(doc)
 
 
 @FUZZ
 @given(manifests("ModelVersion"))
 def test_fuzzed_model_versions_are_accepted_or_refused_naming_a_field(doc: dict[str, Any]) -> None:
-    _check(doc)
+    check_spec(doc)
