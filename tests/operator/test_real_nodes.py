@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from kubetrain_trainer import contract
 
 from tests.conftest import Cluster, wait_until
 
@@ -124,7 +125,7 @@ def test_restricted_namespace_runs_the_trainer_and_a_write_outside_tmp_fails_cle
     cluster: Cluster, workspace: Workspace, operator: Operator
 ) -> None:
     """Pod Security ``restricted`` enforced: iris trains (uid 10001, read-only root); a run whose output is
-    a path on the read-only root fails with the cause in ``status.failure`` — once, not retried forever."""
+    a path on the read-only root fails with the cause in ``status.failure`` — at once, ConfigInvalid, not retried."""
     _trainer_images(cluster)
     ws = workspace
     cluster.kubectl("label", "namespace", ws.namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
@@ -143,6 +144,7 @@ def test_restricted_namespace_runs_the_trainer_and_a_write_outside_tmp_fails_cle
     text = json.dumps(failure)
     assert "Read-only file system" in text or "read-only" in text.lower(), failure
     assert "/var/lib/kubetrain-out" in text, failure
-    assert failure.get("exitCode") == 1, failure
+    assert failure.get("exitCode") == contract.EXIT_CONFIG_INVALID, failure  # terminal: a spec change fixes it
+    assert "spec.output.uri" in text, failure  # says where it may write instead
     assert len(ws.jobs("writes-root")) == 1
-    assert len(ws.pods("writes-root")) <= 2  # bounded by backoffLimit, no storm
+    assert len(ws.pods("writes-root")) == 1  # the Job's podFailurePolicy fails it at once: no retry

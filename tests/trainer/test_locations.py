@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +105,42 @@ def test_uri_checks(uri: str) -> None:
 
     with pytest.raises(ConfigInvalid):
         check_uri_path(uri, "spec.dataset.uri")
+
+
+def _on_read_only_mount(ro: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run the trainer CLI in a private mount namespace where ``ro`` is a read-only bind mount (a real EROFS)."""
+    script = f'mount --bind "{ro}" "{ro}" && mount -o remount,bind,ro "{ro}" && exec "$@"'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETRAIN_")}
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sys.executable, "-m",
+         "kubetrain_trainer", *argv],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)")
+def test_output_on_a_read_only_filesystem_fails_at_once_and_terminally(data_dir: Path, tmp_path: Path) -> None:
+    """The trainer's root filesystem is read-only in its container: an output there is ConfigInvalid (not a
+    retried InternalError), found before training, and the message says where it may write instead."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    spec = spec_for((data_dir / "iris.csv").as_uri(), "species", "knn", output={"uri": (ro / "models").as_uri()})
+    cfg = write_config(tmp_path / "r.yaml", spec, name="writes-ro")
+    proc = _on_read_only_mount(ro, "run", "--config", str(cfg))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == contract.EXIT_CONFIG_INVALID, (proc.stdout, proc.stderr)
+    assert result["reason"] == contract.REASON_CONFIG_INVALID
+    assert "Read-only file system" in result["message"] and str(ro / "models") in result["message"], result
+    assert "spec.output.uri" in result["message"] and "/tmp" in result["message"], result
+    assert "fit" not in (result.get("timings") or {}), result  # refused before training
+    assert not (ro / "models").exists()
+
+
+def test_write_errors_map_to_config_invalid_only_when_the_place_is_unwritable(tmp_path: Path) -> None:
+    import errno
+
+    from kubetrain_trainer.artifacts import unwritable
+
+    err = unwritable(OSError(errno.EACCES, "Permission denied"), tmp_path)
+    assert err is not None and "fsGroup" in str(err) and f"uid {os.getuid()}" in str(err)
+    assert unwritable(OSError(errno.ENOSPC, "No space left on device"), tmp_path) is None  # retryable

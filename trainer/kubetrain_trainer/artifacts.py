@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -68,6 +69,42 @@ def _write_json(path: Path, data: Any) -> None:
         fh.write("\n")
 
 
+#: errors that say "this place cannot be written by this process": fixing them needs a spec or volume
+#: change, so they are ConfigInvalid (terminal), never a retried InternalError.
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def unwritable(exc: OSError, where: Path) -> ConfigInvalid | None:
+    """The clear, terminal error for a write refused at ``where``; None for other OS errors."""
+    if exc.errno not in _UNWRITABLE:
+        return None
+    if exc.errno == errno.EROFS:
+        hint = (
+            "only /tmp and mounted volumes are writable in the trainer container (read-only root filesystem): "
+            "set spec.output.uri to a pvc:// claim or an s3:// bucket"
+        )
+    else:
+        hint = (
+            f"the trainer runs as uid {os.getuid()}: give the volume's pod an fsGroup or make the directory "
+            "writable for that user"
+        )
+    return ConfigInvalid(f"cannot write artifacts to {where}: {exc.strerror}; {hint}")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training when the artifacts could not be written there (read-only or foreign directory)."""
+    parent = run_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".kubetrain-probe-"):
+            pass
+    except OSError as exc:
+        err = unwritable(exc, parent)
+        if err is None:
+            raise
+        raise err from None
+
+
 @dataclass(frozen=True)
 class Saved:
     """What ``save_artifacts`` wrote: the model reference and every file, in write order."""
@@ -91,8 +128,14 @@ def save_artifacts(
     rename, metadata.json last, so readers never see a half-written file.
     """
     parent = run_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=parent))
+    except OSError as exc:
+        err = unwritable(exc, parent)
+        if err is None:
+            raise
+        raise err from None
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving pods read the directory
     try:
         saved = _write_all(tmp, pipeline, metadata, model_uri, documents or {})

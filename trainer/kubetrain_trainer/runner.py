@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import contract, stages
+from .artifacts import check_writable
 from .config import RunConfig
 from .errors import ConfigInvalid
 from .features import Prepared
@@ -125,6 +126,8 @@ def train(
 def _run(ctx: RunContext, facts: RunFacts, validate_only: bool) -> contract.Result:
     from threadpoolctl import threadpool_limits
 
+    if not validate_only and ctx.outputs.upload_to is None:
+        check_writable(ctx.outputs.run_dir)  # before hours of training, not after
     prepared, dataset = _load_and_prepare(ctx, facts)
     plan = stages.plan(ctx.cfg, prepared, ctx.n_jobs, ctx.index)
     facts.primary_metric = plan.primary
