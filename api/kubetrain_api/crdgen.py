@@ -281,9 +281,9 @@ def _add_rules(schema: dict[str, Any], path: list[str], rules: list[dict[str, st
     node.setdefault("x-kubernetes-validations", []).extend(rules)
 
 
-def training_run_crd() -> dict[str, Any]:
+def training_run_spec_schema() -> dict[str, Any]:
+    """The TrainingRun spec with every CEL rule (also the runTemplate.spec of a TrainingSchedule)."""
     spec = _schema_of(m.TrainingRunSpec)
-    status = _schema_of(m.TrainingRunStatus)
     spec["x-kubernetes-validations"] = training_run_rules(spec)
     _add_rules(
         spec,
@@ -311,6 +311,12 @@ def training_run_crd() -> dict[str, Any]:
             }
         ],
     )
+    return spec
+
+
+def training_run_crd() -> dict[str, Any]:
+    spec = training_run_spec_schema()
+    status = _schema_of(m.TrainingRunStatus)
     return _crd(
         kind="TrainingRun",
         plural="trainingruns",
@@ -383,6 +389,76 @@ def model_version_crd() -> dict[str, Any]:
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             {"name": "Run", "type": "string", "jsonPath": ".spec.source.trainingRun.name", "priority": 1},
             {"name": "URI", "type": "string", "jsonPath": ".spec.artifact.uri", "priority": 1},
+        ],
+    )
+
+
+def time_zones() -> list[str]:
+    """The IANA zone names of the tz database the operator ships (the tzdata package), sorted."""
+    import importlib.resources
+
+    return sorted(importlib.resources.files("tzdata").joinpath("zones").read_text().split())
+
+
+def training_schedule_rules() -> dict[str, list[dict[str, str]]]:
+    """CEL of spec.schedule and spec.timeZone: the same patterns the model checks, the zone in the tz database."""
+    shapes = " || ".join(f"self.matches('{p}')" for p in (m.CRON_PATTERN, m.MACRO_PATTERN, m.EVERY_PATTERN))
+    return {
+        "schedule": [
+            {
+                "rule": shapes.replace("\\", "\\\\"),
+                "message": "spec.schedule must be a 5-field cron expression with values in range (minute hour "
+                "day-of-month month day-of-week, e.g. '0 2 * * *'), one of "
+                + ", ".join(m.SCHEDULE_MACROS)
+                + ", or '@every <duration>' such as '@every 15m'",
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": f"!self.matches('{m.EVERY_TOO_SHORT_PATTERN}')".replace("\\", "\\\\"),
+                "message": f"spec.schedule: @every must be at least {m.EVERY_MIN_SECONDS}s",
+                "reason": "FieldValueInvalid",
+            },
+        ],
+        "timeZone": [
+            {
+                "rule": f"self in {_q(time_zones())}",
+                "message": "spec.timeZone must be a time zone of the IANA tz database, e.g. UTC or Europe/Berlin",
+                "reason": "FieldValueInvalid",
+            }
+        ],
+    }
+
+
+def training_schedule_crd() -> dict[str, Any]:
+    spec = _schema_of(m.TrainingScheduleSpec)
+    status = _schema_of(m.TrainingScheduleStatus)
+    for name, rules in training_schedule_rules().items():
+        spec["properties"][name]["x-kubernetes-validations"] = rules
+    template = spec["properties"]["runTemplate"]["properties"]
+    run_spec = training_run_spec_schema()
+    # The template is a TrainingRun spec at creation: every rule but the immutability one (oldSelf).
+    rules = run_spec["x-kubernetes-validations"]
+    run_spec["x-kubernetes-validations"] = [r for r in rules if "oldSelf" not in r["rule"]]
+    run_spec["description"] = template["spec"].get("description", "")
+    template["spec"] = run_spec
+    return _crd(
+        kind="TrainingSchedule",
+        plural="trainingschedules",
+        short="ts",
+        spec=spec,
+        status=status,
+        description=m.TrainingSchedule.__doc__ or "",
+        name_rule=m.MAX_SCHEDULE_NAME,
+        columns=[
+            {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+            {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+            {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+            {"name": "Next", "type": "string", "jsonPath": ".status.nextScheduleTime"},
+            {"name": "Last-Decision", "type": "string", "jsonPath": ".status.lastDecision.reason"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Active", "type": "string", "jsonPath": ".status.active", "priority": 1},
+            {"name": "Missed", "type": "integer", "jsonPath": ".status.missed.count", "priority": 1},
+            {"name": "Time-Zone", "type": "string", "jsonPath": ".spec.timeZone", "priority": 1},
         ],
     )
 
@@ -466,6 +542,7 @@ def all_crds() -> dict[str, str]:
     return {
         "kubetrain.io_trainingruns.yaml": render(training_run_crd()),
         "kubetrain.io_modelversions.yaml": render(model_version_crd()),
+        "kubetrain.io_trainingschedules.yaml": render(training_schedule_crd()),
     }
 
 

@@ -924,3 +924,180 @@ def parse_quantity(value: str | int | float) -> float:
     if suffix not in _SUFFIX:
         raise ValueError(f"{value!r} has an unknown suffix {suffix!r}")
     return float(number) * _SUFFIX[suffix]
+
+
+# --------------------------------------------------------------------------------------------------
+# TrainingSchedule
+# --------------------------------------------------------------------------------------------------
+
+
+def _cron_field(value: str, names: str = "") -> str:
+    """RE2 of one cron field: ``*``, a value or a range, an optional ``/step``, comma-separated."""
+    atom = f"({value}{'|' + names if names else ''})"
+    item = rf"(\*|{atom}(-{atom})?)(/[1-9][0-9]*)?"
+    return f"{item}(,{item})*"
+
+
+_MONTHS = "(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_DAYS = "(?i:sun|mon|tue|wed|thu|fri|sat)"
+#: A 5-field cron expression (minute hour day-of-month month day-of-week) with each value in range.
+CRON_PATTERN = (
+    r"^\s*"
+    + r"\s+".join(
+        [
+            _cron_field("[0-5]?[0-9]"),
+            _cron_field("[01]?[0-9]|2[0-3]"),
+            _cron_field("0?[1-9]|[12][0-9]|3[01]"),
+            _cron_field("0?[1-9]|1[0-2]", _MONTHS),
+            _cron_field("[0-7]", _DAYS),
+        ]
+    )
+    + r"\s*$"
+)
+SCHEDULE_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+MACRO_PATTERN = r"^\s*@(yearly|annually|monthly|weekly|daily|midnight|hourly)\s*$"
+#: ``@every <duration>``: whole hours, minutes and seconds, Go-style (1h30m, 90s, 15m).
+EVERY_PATTERN = r"^\s*@every\s+([0-9]+h([0-9]+m)?([0-9]+s)?|[0-9]+m([0-9]+s)?|[0-9]+s)\s*$"
+EVERY_MIN_SECONDS = 10
+#: ``@every`` durations below EVERY_MIN_SECONDS (zero hours and minutes, at most 9 seconds).
+EVERY_TOO_SHORT_PATTERN = r"^\s*@every\s+(0+h)?(0+m)?(0*[0-9]s)?\s*$"
+#: What an IANA time-zone name looks like (the zone itself is checked against the tz database).
+TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+ConcurrencyPolicy = Literal["Allow", "Forbid", "Replace"]
+ScheduleDecision = Literal["Started", "Skipped", "Suspended", "Invalid"]
+MAX_SCHEDULE_NAME = 63
+
+
+def every_seconds(expression: str) -> int | None:
+    """Seconds of an ``@every`` schedule (None for cron expressions and macros)."""
+    if re.match(EVERY_PATTERN, expression) is None:
+        return None
+    seconds = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * seconds[unit] for n, unit in re.findall(r"([0-9]+)([hms])", expression))
+
+
+class TemplateMetadata(_Model):
+    """Labels and annotations every child TrainingRun gets (its name is derived from the tick)."""
+
+    labels: dict[Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    """Labels of each child run (e.g. kueue.x-k8s.io/queue-name, team)."""
+    annotations: dict[Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    """Annotations of each child run."""
+
+
+class RunTemplate(_Model):
+    """The TrainingRun each tick creates."""
+
+    metadata: TemplateMetadata = Field(default_factory=TemplateMetadata)
+    """Labels and annotations of the child runs."""
+    spec: TrainingRunSpec
+    """A complete TrainingRun spec, validated as one."""
+
+
+class TrainingScheduleSpec(_Model):
+    """When to train and what: a cron-like schedule that creates TrainingRuns from a template."""
+
+    schedule: str = Field(min_length=1, max_length=128)
+    """A 5-field cron expression (minute hour day-of-month month day-of-week, e.g. '0 2 * * *'), a macro
+    (@hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually) or '@every <duration>' (e.g.
+    '@every 6h', at least 10s)."""
+    time_zone: str = Field(default="UTC", min_length=1, max_length=64, pattern=TIME_ZONE_PATTERN)
+    """IANA time zone the cron expression is evaluated in (e.g. Europe/Berlin); daylight-saving changes
+    follow cron's rules."""
+    concurrency_policy: ConcurrencyPolicy = "Allow"
+    """What a tick does while a run of this schedule is still active: Allow (start another), Forbid (skip
+    the tick) or Replace (delete the active run, start the new one)."""
+    starting_deadline_seconds: int | None = Field(default=None, ge=1, le=366 * 24 * 3600)
+    """A tick not started within this many seconds of its time is skipped (missed)."""
+    catch_up: int = Field(default=1, ge=0, le=100)
+    """After the operator was away: how many of the missed ticks (the newest) to start; 0 starts none."""
+    suspend: bool = False
+    """Stop creating runs (running ones are left alone); ticks missed meanwhile are caught up on resume
+    as after downtime (catchUp, startingDeadlineSeconds)."""
+    successful_runs_history_limit: int = Field(default=3, ge=0, le=100)
+    """Succeeded child runs to keep (older ones are deleted, with their Jobs; their ModelVersions stay)."""
+    failed_runs_history_limit: int = Field(default=1, ge=0, le=100)
+    """Failed child runs to keep."""
+    run_template: RunTemplate
+    """The TrainingRun each tick creates."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if not any(re.match(p, v) for p in (CRON_PATTERN, MACRO_PATTERN, EVERY_PATTERN)):
+            raise ValueError(
+                f"spec.schedule {v!r} must be a 5-field cron expression with values in range, one of "
+                f"{', '.join(SCHEDULE_MACROS)}, or '@every <duration>' such as @every 15m"
+            )
+        seconds = every_seconds(v)
+        if seconds is not None and seconds < EVERY_MIN_SECONDS:
+            raise ValueError(f"spec.schedule: @every must be at least {EVERY_MIN_SECONDS}s, not {v.strip()!r}")
+        return v
+
+
+class ScheduleDecisionStatus(_Model):
+    """What the operator last decided about a tick."""
+
+    decision: ScheduleDecision
+    """Started, Skipped, Suspended or Invalid."""
+    reason: str = Field(max_length=128)
+    """CamelCase reason: Scheduled, CaughtUp, Replaced, ConcurrencyForbid, MissedDeadline, Suspended,
+    InvalidSchedule, InvalidSpec."""
+    message: str = Field(default="", max_length=4096)
+    """Human-readable detail."""
+    tick: str | None = None
+    """The tick the decision is about (RFC 3339)."""
+    run: str | None = Field(default=None, max_length=253)
+    """The TrainingRun started for the tick."""
+    time: str | None = None
+    """When the decision was made (RFC 3339)."""
+
+
+class MissedTicks(_Model):
+    """Ticks that passed while the operator was away (or past startingDeadlineSeconds), last time it happened."""
+
+    count: int = Field(ge=0)
+    """Ticks missed (counting stops at 1000: then capped is true)."""
+    capped: bool = False
+    """More ticks were missed than counted."""
+    started: int = Field(default=0, ge=0)
+    """How many of them were started (at most catchUp)."""
+    first: str | None = None
+    """The oldest missed tick that was counted (RFC 3339)."""
+    last: str | None = None
+    """The newest missed tick (RFC 3339)."""
+    time: str | None = None
+    """When the operator noticed (RFC 3339)."""
+
+
+class TrainingScheduleStatus(_Model):
+    """Observed state of a TrainingSchedule; written by the operator only."""
+
+    observed_generation: int | None = None
+    """The spec generation this status reflects."""
+    last_schedule_time: str | None = None
+    """The newest tick the operator has decided about (started, skipped or missed), RFC 3339."""
+    next_schedule_time: str | None = None
+    """When the next tick is due (absent while suspended or when the schedule never fires)."""
+    active: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=1000)] = Field(default_factory=list)
+    """Child runs that have not finished."""
+    last_decision: ScheduleDecisionStatus | None = None
+    """The last tick decision (printer column LAST-DECISION)."""
+    missed: MissedTicks | None = None
+    """The last time ticks were missed."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready: the schedule and template are valid and the operator schedules them."""
+
+
+class TrainingSchedule(_Model):
+    """Train on a schedule: every tick creates a TrainingRun from a template (owned by the schedule)."""
+
+    api_version: Literal["kubetrain.io/v1alpha1"] = "kubetrain.io/v1alpha1"
+    kind: Literal["TrainingSchedule"] = "TrainingSchedule"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: TrainingScheduleSpec
+    status: TrainingScheduleStatus | None = None

@@ -3,5 +3,6 @@
 from . import routing, startup
 from .modelversion import handlers as modelversion
 from .trainingrun import handlers as trainingrun
+from .trainingschedule import handlers as trainingschedule
 
-__all__ = ["modelversion", "routing", "startup", "trainingrun"]
+__all__ = ["modelversion", "routing", "startup", "trainingrun", "trainingschedule"]

@@ -20,6 +20,7 @@ FIELD_MANAGER = "kubetrain-operator"
 
 TrainingRunResource = create_namespaced_resource(GROUP, VERSION, "TrainingRun", "trainingruns")
 ModelVersionResource = create_namespaced_resource(GROUP, VERSION, "ModelVersion", "modelversions")
+TrainingScheduleResource = create_namespaced_resource(GROUP, VERSION, "TrainingSchedule", "trainingschedules")
 # Kueue's Workloads (read-only, optional): v1beta2 since Kueue 0.15, v1beta1 before.
 KUEUE_WORKLOADS = [
     create_namespaced_resource("kueue.x-k8s.io", v, "Workload", "workloads") for v in ("v1beta2", "v1beta1")
@@ -78,6 +79,23 @@ async def patch_training_run_status(namespace: str, name: str, patch: dict[str, 
     await patch_child("TrainingRun", namespace, name, {"status": patch})
 
 
+async def list_training_runs(namespace: str) -> list[dict[str, Any]]:
+    """Every TrainingRun of the namespace (a schedule's children, and the names other runs hold)."""
+    return [_dict(i) async for i in client().list(TrainingRunResource, namespace=namespace)]
+
+
+# --- TrainingSchedule ---------------------------------------------------------------------------------------
+
+
+async def get_training_schedule(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _dict(await client().get(TrainingScheduleResource, name, namespace=namespace))
+    except ApiError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
 # --- Jobs and pods ---------------------------------------------------------------------------------------------
 
 
@@ -97,7 +115,12 @@ async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
 
 # --- children of any kind (the engine's create / patch / delete) -----------------------------------------------
 
-_RESOURCES: dict[str, Any] = {"Job": Job, "TrainingRun": TrainingRunResource, "ModelVersion": ModelVersionResource}
+_RESOURCES: dict[str, Any] = {
+    "Job": Job,
+    "TrainingRun": TrainingRunResource,
+    "ModelVersion": ModelVersionResource,
+    "TrainingSchedule": TrainingScheduleResource,
+}
 
 
 async def create(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -16,14 +16,14 @@ def _established(crd: dict[str, Any]) -> bool:
 
 
 def install_crds(kubectl: Any, timeout: float = 60) -> None:
-    """``kubectl apply`` crds/ and wait until both CRDs are Established; a refused CRD fails the tests.
+    """``kubectl apply`` crds/ and wait until every CRD is Established; a refused CRD fails the tests.
 
     Polled rather than ``kubectl wait --for=condition=Established``: on a fresh API server a new CRD has
     ``status.conditions: null`` for a moment, and kubectl wait (like a jsonpath filter) then fails at once
     ("<nil> is of the type <nil>, expected []interface{}") instead of waiting."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     deadline = time.monotonic() + timeout
-    for crd in ("trainingruns.kubetrain.io", "modelversions.kubetrain.io"):
+    for crd in ("trainingruns.kubetrain.io", "modelversions.kubetrain.io", "trainingschedules.kubetrain.io"):
         while not _established(json.loads(kubectl("get", f"crd/{crd}", "-o", "json").stdout)):
             if time.monotonic() > deadline:
                 raise AssertionError(f"crd/{crd} not Established after {timeout:.0f}s")

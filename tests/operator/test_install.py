@@ -92,6 +92,10 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
     for verb, resource in [
         ("watch", "trainingruns.kubetrain.io"),
         ("patch", "trainingruns.kubetrain.io/status"),
+        ("watch", "trainingschedules.kubetrain.io"),
+        ("patch", "trainingschedules.kubetrain.io/status"),
+        ("create", "trainingruns.kubetrain.io"),  # a schedule's ticks
+        ("delete", "trainingruns.kubetrain.io"),  # its history limits, concurrencyPolicy Replace
         ("create", "modelversions.kubetrain.io"),
         ("create", "jobs.batch"),
         ("delete", "jobs.batch"),
@@ -102,9 +106,11 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
     ]:
         assert can(verb, resource), f"{sa} cannot {verb} {resource}"
     for verb, resource in [
-        ("create", "trainingruns.kubetrain.io"),
-        ("delete", "trainingruns.kubetrain.io"),
         ("update", "trainingruns.kubetrain.io"),
+        ("create", "trainingschedules.kubetrain.io"),
+        ("patch", "trainingschedules.kubetrain.io"),
+        ("delete", "trainingschedules.kubetrain.io"),
+        ("update", "trainingschedules.kubetrain.io/status"),
         ("get", "secrets"),
         ("create", "pods"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 from kubetrain_api import crdgen
-from kubetrain_api.models import ModelVersion, TrainingRun, parse_quantity
+from kubetrain_api.models import ModelVersion, TrainingRun, TrainingSchedule, parse_quantity
 from pydantic import ValidationError
 
 from tests.api_cases import INVALID, Case, example_files
 
-KINDS = {"TrainingRun": TrainingRun, "ModelVersion": ModelVersion}
+KINDS = {"TrainingRun": TrainingRun, "ModelVersion": ModelVersion, "TrainingSchedule": TrainingSchedule}
 
 
 @pytest.mark.parametrize("path", example_files(), ids=lambda p: p.name)
@@ -24,7 +24,7 @@ def test_every_example_validates(path):
 
 def test_examples_cover_the_catalogue():
     kinds = {yaml.safe_load(p.read_text())["kind"] for p in example_files()}
-    assert kinds == {"TrainingRun", "ModelVersion"}
+    assert kinds == {"TrainingRun", "ModelVersion", "TrainingSchedule"}
     assert len(example_files()) >= 6
 
 
@@ -74,7 +74,9 @@ def test_crds_do_not_drift_from_the_models():
     assert crdgen.main(["--check", "--out", "crds", "--chart", "helm/kubetrain/crds"]) == 0
 
 
-@pytest.mark.parametrize("name", ["kubetrain.io_trainingruns.yaml", "kubetrain.io_modelversions.yaml"])
+@pytest.mark.parametrize(
+    "name", ["kubetrain.io_trainingruns.yaml", "kubetrain.io_modelversions.yaml", "kubetrain.io_trainingschedules.yaml"]
+)
 def test_every_crd_field_is_typed_and_described(name):
     """`kubectl explain` helps on every field: each property below spec/status has a description."""
     crd = yaml.safe_load(crdgen.all_crds()[name].split("\n", 2)[2])

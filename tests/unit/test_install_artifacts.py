@@ -77,7 +77,7 @@ def test_kustomize_builds(bins: dict[str, str]) -> None:
         [bins["kubectl"], "kustomize", str(REPO / "manifests")], capture_output=True, text=True, check=True
     ).stdout
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
-    assert kinds.count("CustomResourceDefinition") == 2 and "Deployment" in kinds and "Namespace" in kinds
+    assert kinds.count("CustomResourceDefinition") == 3 and "Deployment" in kinds and "Namespace" in kinds
 
 
 def _promtool() -> str:

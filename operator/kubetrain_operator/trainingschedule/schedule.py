@@ -110,6 +110,10 @@ class DueTicks:
     missed_capped: bool
     """True when ``missed`` stopped counting at MAX_COUNTED_TICKS."""
     next_tick: datetime | None
+    first_due: datetime | None = None
+    """The oldest due tick counted (None: nothing was due)."""
+    last_due: datetime | None = None
+    """The newest due tick: every tick up to it has been decided once this pass is acted on."""
 
 
 def due_ticks(
@@ -137,7 +141,8 @@ def due_ticks(
     else:
         start = startable[-catch_up:] if catch_up > 0 else []
         missed = len(due)
-    return DueTicks(tuple(start), missed, capped, schedule.next_tick(now))
+    first, last = (due[0], due[-1]) if due else (None, None)
+    return DueTicks(tuple(start), missed, capped, schedule.next_tick(now), first, last)
 
 
 def _due(schedule: Schedule, since: datetime, now: datetime) -> tuple[list[datetime], bool]:
