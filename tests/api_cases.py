@@ -129,6 +129,44 @@ INVALID: list[Case] = [
         "params",
         server=False,
     ),
+    # spec.register.promote (champion/challenger)
+    Case("promote-unknown-metric", {"spec.register.promote": {"alias": "production", "metric": "auc"}}, "metric"),
+    Case(
+        "promote-metric-of-the-other-task",
+        {"spec.register.promote": {"alias": "production", "metric": "r2"}},
+        "spec.register.promote.metric",
+    ),
+    Case(
+        "promote-unranked-metric",
+        {"spec.register.promote": {"alias": "production", "metric": "anomaly_rate"}},
+        "spec.register.promote.metric",
+    ),
+    Case(
+        "promote-negative-min-improvement",
+        {"spec.register.promote": {"alias": "production", "metric": "f1", "minImprovement": -0.01}},
+        "minImprovement",
+    ),
+    Case(
+        "promote-alias-also-claimed",
+        {"spec.register.promote": {"alias": "candidate", "metric": "f1"}},
+        "spec.register.promote.alias",
+    ),
+    Case(
+        "promote-bad-alias",
+        {"spec.register.promote": {"alias": "Production", "metric": "f1"}},
+        "alias",
+    ),
+    Case(
+        "promote-without-registration",
+        {"spec.register.enabled": False, "spec.register.promote": {"alias": "production", "metric": "f1"}},
+        "spec.register.enabled",
+    ),
+    Case(
+        "promote-without-labels",
+        {"spec.register.promote": {"alias": "production", "metric": "f1"}},
+        "spec.dataset.target",
+        example="log-anomaly.yaml",
+    ),
 ]
 
 # ModelVersion: the hand-registered example made wrong one field at a time.

@@ -230,6 +230,30 @@ def training_run_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
             "reason": "FieldValueInvalid",
         },
         {
+            "rule": f"!has(self.register) || !has(self.register.promote) || self.register.promote.metric in {allowed}",
+            "message": "spec.register.promote.metric is not computed for the task (classification: "
+            + ", ".join(m.TASK_METRICS["classification"])
+            + "; regression: "
+            + ", ".join(m.TASK_METRICS["regression"])
+            + ")",
+            "fieldPath": ".register.promote.metric",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.register) || !has(self.register.promote) || has(self.dataset.target)",
+            "message": "spec.register.promote needs spec.dataset.target (labels to score both models)",
+            "fieldPath": ".dataset.target",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "(has(self.register) && has(self.register.promote)) == "
+            "(has(oldSelf.register) && has(oldSelf.register.promote)) && "
+            "(!has(self.register) || !has(self.register.promote) || self.register.promote == oldSelf.register.promote)",
+            "message": "spec.register.promote is immutable (the trainer Job scored the champion for it)",
+            "fieldPath": ".register.promote",
+            "reason": "FieldValueForbidden",
+        },
+        {
             "rule": "!has(self.evaluation) || !has(self.evaluation.cvFolds) || self.evaluation.cvFolds != 1",
             "message": "spec.evaluation.cvFolds must be 0 (none) or between 2 and 20",
             "fieldPath": ".evaluation.cvFolds",
@@ -299,6 +323,8 @@ def training_run_spec_schema() -> dict[str, Any]:
         ],
     )
     spec["properties"]["envFrom"]["items"]["x-kubernetes-validations"] = env_from_rules()
+    _add_rules(spec, ["register"], register_rules())
+    _add_rules(spec, ["register", "promote"], promote_rules())
     _add_rules(
         spec,
         ["evaluation"],
@@ -337,6 +363,37 @@ def training_run_crd() -> dict[str, Any]:
             {"name": "Model-URI", "type": "string", "jsonPath": ".status.model.uri", "priority": 1},
         ],
     )
+
+
+def register_rules() -> list[dict[str, Any]]:
+    """CEL of spec.register: the promoted alias is not also claimed unconditionally; promotion registers."""
+    return [
+        {
+            "rule": "!has(self.promote) || !has(self.aliases) || !(self.promote.alias in self.aliases)",
+            "message": "spec.register.promote.alias must not also be listed in spec.register.aliases "
+            "(which would claim it unconditionally)",
+            "fieldPath": ".promote.alias",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.promote) || !has(self.enabled) || self.enabled",
+            "message": "spec.register.promote needs spec.register.enabled (a promotion registers)",
+            "fieldPath": ".enabled",
+            "reason": "FieldValueInvalid",
+        },
+    ]
+
+
+def promote_rules() -> list[dict[str, Any]]:
+    """CEL of spec.register.promote: the metric must rank models."""
+    return [
+        {
+            "rule": f"!(self.metric in {_q(m.UNRANKED_METRICS)})",
+            "message": "spec.register.promote.metric: anomaly_rate does not rank models (choose a scored metric)",
+            "fieldPath": ".metric",
+            "reason": "FieldValueInvalid",
+        }
+    ]
 
 
 def env_from_rules() -> list[dict[str, Any]]:

@@ -98,6 +98,16 @@ DEFAULT_PRIMARY_METRIC = {
     "anomalyDetection": "anomaly_rate",
 }
 MAX_GPUS = 16
+#: Metrics where a smaller value is the better model (losses and errors); every other metric a promotion can
+#: compare is better when larger. anomaly_rate ranks no model above another, so nothing is promoted by it.
+LOWER_IS_BETTER: tuple[str, ...] = ("rmse", "mae", "log_loss")
+UNRANKED_METRICS: tuple[str, ...] = ("anomaly_rate",)
+
+
+def improvement(metric: str, challenger: float, champion: float) -> float:
+    """How much better ``challenger`` is than ``champion`` on ``metric``, in the metric's own units: positive
+    when the challenger is better (larger, or smaller for the LOWER_IS_BETTER metrics)."""
+    return champion - challenger if metric in LOWER_IS_BETTER else challenger - champion
 
 
 def primary_metric(metrics: Mapping[str, Any] | None, task: str | None, preferred: str | None = None) -> str | None:
@@ -457,6 +467,27 @@ class EnvFromSource(_Model):
         return self
 
 
+class PromoteSpec(_Model):
+    """Champion/challenger promotion: the new version (the challenger) takes ``alias`` only when it beats the
+    version holding it (the champion) on ``metric``, both scored by the trainer on this run's hold-out split."""
+
+    alias: str = Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)
+    """The alias to promote to, e.g. production."""
+    metric: MetricName
+    """Metric both models are scored on; one the run's task computes. Higher is better, except for rmse, mae
+    and log_loss (lower is better); anomaly_rate ranks nothing and is refused."""
+    min_improvement: float = Field(default=0.0, ge=0.0, le=1e9)
+    """How much better (in the metric's units) the challenger must score than the champion; a tie never
+    promotes. 0 = any strict improvement."""
+
+    @field_validator("metric")
+    @classmethod
+    def _ranked(cls, v: str) -> str:
+        if v in UNRANKED_METRICS:
+            raise ValueError(f"spec.register.promote.metric: {v} does not rank models (choose a scored metric)")
+        return v
+
+
 class RegisterSpec(_Model):
     """How a successful run is registered as a ModelVersion."""
 
@@ -466,6 +497,20 @@ class RegisterSpec(_Model):
         list[Annotated[str, Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]], Field(max_length=16)
     ] = Field(default_factory=list)
     """Aliases the new ModelVersion asks for (e.g. candidate)."""
+    promote: PromoteSpec | None = None
+    """Move an alias to the new version only when it beats the version holding it (champion/challenger)."""
+
+    @model_validator(mode="after")
+    def _promote_alias_is_not_claimed(self) -> RegisterSpec:
+        if self.promote is not None:
+            if not self.enabled:
+                raise ValueError("spec.register.promote needs spec.register.enabled (a promotion registers)")
+            if self.promote.alias in self.aliases:
+                raise ValueError(
+                    f"spec.register.promote.alias {self.promote.alias!r} is also listed in spec.register.aliases "
+                    "(which would claim it unconditionally)"
+                )
+        return self
 
 
 class TrainingRunSpec(_Model):
@@ -559,6 +604,15 @@ def cross_field_errors(spec: TrainingRunSpec) -> list[str]:
     for path, metric in named:
         if metric and metric not in computable:
             errors.append(f"{path}: {metric} is not computed for {'/'.join(possible_tasks)}")
+    promote = spec.registration.promote
+    if promote is not None:
+        if promote.metric not in computable:
+            errors.append(
+                f"spec.register.promote.metric: {promote.metric} is not computed for {'/'.join(possible_tasks)} "
+                f"(choose from {', '.join(sorted(computable - set(UNRANKED_METRICS)))})"
+            )
+        if not spec.dataset.target:
+            errors.append("spec.register.promote needs spec.dataset.target (labels to score both models)")
     if spec.search and spec.search.strategy == "grid" and spec.search.parallelism > 1:
         size = 1
         for values in spec.search.space.values():
@@ -629,6 +683,38 @@ class Progress(_Model):
     """Rough completion percentage."""
 
 
+PromotionDecision = Literal["Promoted", "ChampionKept"]
+
+
+class Promotion(_Model):
+    """A champion/challenger decision (spec.register.promote), as recorded on the run and on its new version."""
+
+    alias: str = Field(max_length=63)
+    """The alias decided on."""
+    metric: str = Field(max_length=64)
+    """The metric both models were scored on."""
+    decision: PromotionDecision
+    """Promoted (the new version takes the alias) or ChampionKept (the holder keeps it)."""
+    reason: str = Field(max_length=64)
+    """CamelCase why: BeatChampion, NoChampion, NotBetter, ChampionNotScored, ChampionChanged."""
+    message: str = Field(default="", max_length=1024)
+    """Both scores, the margin and the hold-out, in words."""
+    challenger: str | None = Field(default=None, max_length=253)
+    """The new ModelVersion."""
+    challenger_score: float | None = None
+    """The new model's score on the hold-out split."""
+    champion: str | None = Field(default=None, max_length=253)
+    """The ModelVersion that held the alias when the trainer Job was created (absent: none held it)."""
+    champion_score: float | None = None
+    """The champion's score on the same hold-out split (absent: not scored, see reason)."""
+    min_improvement: float | None = None
+    """The margin the challenger had to beat."""
+    holdout_fingerprint: str | None = Field(default=None, max_length=80)
+    """sha256 of the hold-out rows (index and values) both models were scored on."""
+    time: str | None = Field(default=None, max_length=64)
+    """When the decision was made (RFC 3339)."""
+
+
 class TrainingRunStatus(_Model):
     """Observed state of a TrainingRun; written by the operator only."""
 
@@ -662,6 +748,8 @@ class TrainingRunStatus(_Model):
     """Why the run failed."""
     task: Task | None = None
     """The task (as inferred when the spec omits it)."""
+    promotion: Promotion | None = None
+    """The champion/challenger decision of spec.register.promote."""
 
 
 class TrainingRun(_Model):
@@ -819,7 +907,7 @@ class AliasEvent(_Model):
 
     alias: str = Field(max_length=63)
     """The alias."""
-    action: Literal["Assigned", "Removed", "Superseded", "Refused"]
+    action: Literal["Assigned", "Removed", "Superseded", "Refused", "Promoted", "ChampionKept"]
     """What happened to it on this version."""
     time: str
     """When (RFC 3339)."""
@@ -875,6 +963,8 @@ class ModelVersionStatus(_Model):
     """Whether the producing run met its thresholds (protected aliases need it)."""
     primary_metric: str | None = None
     """Headline metric, formatted as name=value."""
+    promotion: Promotion | None = None
+    """The champion/challenger decision of the run that registered this version (spec.register.promote)."""
 
 
 class ModelVersion(_Model):

@@ -220,6 +220,28 @@ def upload_dir(local_dir: Path, remote_base: str, files: Sequence[str] | None = 
 # ---- verify -----------------------------------------------------------------------------------------
 
 
+def load_checked_model(path: Path, sha256: str, what: str) -> Any:
+    """``joblib.load`` of ``path`` (model.joblib, or the directory holding it) only once its sha256 equals
+    ``sha256``: a mismatch is VerifyFailed and the file is never unpickled."""
+    model_path = path / contract.MODEL_FILE if path.is_dir() else path
+    if not model_path.is_file():
+        raise VerifyFailed(f"{what}: model file {model_path} not found")
+    expected = sha256.strip().lower()
+    actual = sha256_file(model_path)
+    if actual != expected:
+        raise VerifyFailed(
+            f"{what}: checksum mismatch for {model_path.name}: expected {expected}, got {actual}; not loaded"
+        )
+    import joblib
+
+    try:
+        return joblib.load(model_path)
+    except Exception as exc:
+        raise VerifyFailed(
+            f"{what}: cannot load {model_path.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+
+
 def _expected_sha(model_dir: Path, given: str | None) -> tuple[str, str]:
     if given:
         return given.strip().lower(), "given"

@@ -124,6 +124,11 @@ ENV_VERIFY_URI: Final = "KUBETRAIN_VERIFY_URI"  # verify: model file or director
 ENV_VERIFY_SHA256: Final = "KUBETRAIN_VERIFY_SHA256"  # verify: expected sha256 of model.joblib
 ENV_TRIALS_TIMEOUT: Final = "KUBETRAIN_TRIALS_TIMEOUT"  # index 0 waits this long (s) for other shares
 ENV_JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"  # set by Kubernetes for Indexed Jobs
+# The champion of spec.register.promote (the ModelVersion holding the alias when the Job was created); the
+# trainer checks the file's sha256 against ENV_CHAMPION_SHA256 before it loads it. Unset: no champion.
+ENV_CHAMPION_NAME: Final = "KUBETRAIN_CHAMPION_NAME"  # the champion ModelVersion's name
+ENV_CHAMPION_URI: Final = "KUBETRAIN_CHAMPION_URI"  # its artifact (pvc://, file://, s3://; file or directory)
+ENV_CHAMPION_SHA256: Final = "KUBETRAIN_CHAMPION_SHA256"  # its spec.artifact.sha256
 
 DEFAULT_PVC_ROOT: Final = "/mnt/kubetrain/pvc"
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
@@ -154,6 +159,28 @@ TRIM_ORDER: Final = (
     "estimator",
     "metrics",
 )
+
+
+class PromotionScores(TypedDict, total=False):
+    """``Result.promotion``: challenger and champion scored on the same hold-out split (spec.register.promote).
+
+    ``metric`` and ``holdout`` (``sha256:<hex>`` of the hold-out rows: index and values) are always there;
+    ``challenger`` is the new model's score; ``champion`` (its ModelVersion name), ``champion_sha256`` and
+    ``champion_score`` when a champion was passed; ``problem`` says why a score is missing (an incompatible
+    champion is reported here, never a crash).
+    """
+
+    metric: str
+    holdout: str
+    challenger: float
+    champion: str
+    champion_sha256: str
+    champion_score: float
+    problem: str
+
+
+#: Longest ``PromotionScores.problem`` (the result must stay within RESULT_MAX_BYTES).
+PROMOTION_PROBLEM_MAX: Final = 300
 
 
 class FeatureSpec(TypedDict):
@@ -189,6 +216,8 @@ class Result:
     a warning says so), or when it did not fit in ``RESULT_MAX_BYTES`` (then ``trimmed`` names it).
     ``metadata.json`` always holds the full signature.
     ``trimmed``: the fields ``to_json`` left out to fit in ``RESULT_MAX_BYTES``, in ``TRIM_ORDER``.
+    ``promotion``: :class:`PromotionScores` of a run with ``spec.register.promote`` (bounded, never trimmed:
+    the operator never moves an alias without it).
     """
 
     outcome: str
@@ -206,6 +235,7 @@ class Result:
     timings: dict[str, float] | None = None
     warnings: list[str] | None = field(default=None)
     signature: Signature | None = None
+    promotion: PromotionScores | None = None
     trimmed: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from kubetrain_api.models import DEFAULT_PRIMARY_METRIC, TASK_METRICS
+from kubetrain_api.models import LOWER_IS_BETTER as _LOWER_IS_BETTER
 from sklearn import metrics as skm
 from sklearn.metrics import make_scorer
 
@@ -15,7 +16,7 @@ from .features import ANOMALY, CLASSIFICATION, REGRESSION
 
 #: Anomaly-detection metrics (of the API's TASK_METRICS) that need labels in spec.dataset.target.
 ANOMALY_LABEL_METRICS = ("precision", "recall", "f1")
-LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+LOWER_IS_BETTER = frozenset(_LOWER_IS_BETTER)  # one definition, in the API (the operator compares with it)
 
 _CLASSIFICATION_SCORING = {
     "accuracy": "accuracy",
@@ -180,3 +181,28 @@ def check_thresholds(thresholds: list[Any], metrics: dict[str, float]) -> None:
             failed.append(f"{th.metric}={value:.4g} > max {th.max:g}")
     if failed:
         raise BelowThreshold("thresholds not met: " + "; ".join(failed))
+
+
+def score_champion(task: str, model: Any, X: Any, y: Any, metric: str) -> tuple[float | None, str | None]:
+    """(score, None) of a loaded champion on the hold-out split, or (None, why) when it cannot score it:
+    another task's model, columns the hold-out lacks, or a prediction that fails. Never raises."""
+    if not hasattr(model, "predict"):
+        return None, f"holds a {type(model).__name__}, which has no predict()"
+    is_classifier = getattr(model, "classes_", None) is not None
+    if task == CLASSIFICATION and not is_classifier:
+        return None, "is not a classifier (another task's model)"
+    if task == REGRESSION and is_classifier:
+        return None, "is a classifier, this run is regression"
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        missing = [str(n) for n in names if n not in X.columns]
+        if missing:
+            return None, f"reads columns the hold-out lacks: {', '.join(missing[:10])}"
+        X = X[list(names)]
+    try:
+        scores, warnings = compute_metrics(task, model, X, y, [metric])
+    except Exception as exc:
+        return None, f"cannot score the hold-out: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if metric not in scores:
+        return None, f"{metric} not computed: {'; '.join(warnings) or 'no value'}"
+    return scores[metric], None

@@ -36,6 +36,7 @@ class RunFacts:
     best_params: dict[str, Any] | None = None
     dataset: dict[str, Any] | None = None
     signature: contract.Signature | None = None
+    promotion: contract.PromotionScores | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: perf_counter() when the run began; when set, results report ``timings["total"]``
@@ -78,6 +79,7 @@ class RunFacts:
             timings=self.rounded_timings() or None,
             warnings=self.warnings[:MAX_WARNINGS] or None,
             signature=self.signature,
+            promotion=self.promotion,
         )
 
 

@@ -145,6 +145,11 @@ def _run(ctx: RunContext, facts: RunFacts, validate_only: bool) -> contract.Resu
         return facts.result(contract.REASON_TRIALS_COMPLETED, fitted.message)
     pipeline, evaluation = fitted.pipeline, fitted.evaluation
     stages.gate(ctx.cfg, evaluation)
+    if ctx.cfg.spec.registration.promote is not None:
+        ctx.progress("evaluate", 85)
+        with facts.timed("challenge"), threadpool_limits(limits=ctx.n_jobs):
+            champion = stages.champion_from_env()
+            facts.promotion = stages.challenge(ctx.cfg, plan, evaluation, data, champion, ctx.scratch)
     trained = stages.Trained(pipeline, plan, prepared, evaluation, dataset, facts.best_params)
     ctx.progress("save", 90)
     with facts.timed("save"):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from kubetrain_api.models import DEFAULT_PRIMARY_METRIC
+from kubetrain_api.models import DEFAULT_PRIMARY_METRIC, UNRANKED_METRICS
 from kubetrain_api.models import Signature as ApiSignature
 from pydantic import ValidationError
 
@@ -27,7 +27,7 @@ from . import contract
 from .artifacts import Saved, library_versions, save_artifacts, upload_dir
 from .config import RunConfig
 from .errors import ConfigInvalid, DataInvalid
-from .evaluation import check_thresholds, compute_metrics, metric_names, score_sign, scorer_for
+from .evaluation import check_thresholds, compute_metrics, metric_names, score_champion, score_sign, scorer_for
 from .features import CLASSIFICATION, Prepared
 
 # ---- check and load -----------------------------------------------------------------------------------
@@ -184,6 +184,12 @@ def plan(cfg: RunConfig, prepared: Prepared, n_jobs: int, index: int | None) -> 
     for th in spec.evaluation.thresholds:
         if th.metric not in names:
             raise ConfigInvalid(f"spec.evaluation.thresholds: {th.metric} is not computed for {task}")
+    promote = spec.registration.promote
+    if promote is not None and promote.metric not in names:
+        raise ConfigInvalid(
+            f"spec.register.promote.metric: {promote.metric} is not computed for {task} "
+            f"(choose from {', '.join(sorted(set(names) - set(UNRANKED_METRICS)))})"
+        )
     search = spec.search
     if index is not None and search is not None and index >= search.parallelism:
         raise ConfigInvalid(
@@ -400,6 +406,89 @@ def evaluate(plan: Plan, pipeline: Any, data: Split) -> Evaluation:
 def gate(cfg: RunConfig, evaluation: Evaluation) -> None:
     """BelowThreshold unless every ``evaluation.thresholds`` entry holds."""
     check_thresholds(list(cfg.spec.evaluation.thresholds), evaluation.metrics)
+
+
+# ---- challenge (spec.register.promote) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The ModelVersion holding the promoted alias, as the operator passed it (contract.ENV_CHAMPION_*)."""
+
+    name: str
+    uri: str
+    sha256: str
+
+
+def champion_from_env() -> Champion | None:
+    """The champion from the environment; None when the operator passed none (no version holds the alias)."""
+    uri = os.environ.get(contract.ENV_CHAMPION_URI) or ""
+    sha = os.environ.get(contract.ENV_CHAMPION_SHA256) or ""
+    if not uri and not sha:
+        return None
+    if not uri or not sha:
+        raise ConfigInvalid(f"{contract.ENV_CHAMPION_URI} and {contract.ENV_CHAMPION_SHA256} come together")
+    return Champion(os.environ.get(contract.ENV_CHAMPION_NAME) or "champion", uri, sha)
+
+
+def holdout_fingerprint(data: Split) -> str:
+    """``sha256:<hex>`` of the hold-out rows: their index and values (features, then the target)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(",".join(map(str, data.X_test.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(data.X_test, index=True).to_numpy().tobytes())
+    if data.y_test is not None:
+        digest.update(pd.util.hash_pandas_object(data.y_test, index=True).to_numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _champion_path(champion: Champion, scratch: Path) -> Path:
+    from .data import fetch_remote, local_path
+
+    field_name = contract.ENV_CHAMPION_URI
+    uri = champion.uri
+    if not uri.rstrip("/").endswith(".joblib"):
+        uri = f"{uri.rstrip('/')}/{contract.MODEL_FILE}"
+    local = local_path(uri, field_name)
+    if local is not None:
+        return local
+    if not uri.startswith("s3://"):
+        raise ConfigInvalid(f"{field_name} {champion.uri!r}: a champion is read from pvc://, file:// or s3://")
+    target = scratch / "champion"
+    target.mkdir(parents=True, exist_ok=True)
+    return fetch_remote(uri, target)
+
+
+def challenge(
+    cfg: RunConfig, plan: Plan, evaluation: Evaluation, data: Split, champion: Champion | None, scratch: Path
+) -> contract.PromotionScores:
+    """Challenger and champion scored on the same hold-out split. The champion's file is loaded only after
+    its sha256 matches (VerifyFailed otherwise); a champion that cannot score this hold-out is reported in
+    ``problem``, never a crash."""
+    from .artifacts import load_checked_model
+
+    promote = cfg.spec.registration.promote
+    assert promote is not None, "challenge() needs spec.register.promote"
+    metric = promote.metric
+    scores: contract.PromotionScores = {"metric": metric, "holdout": holdout_fingerprint(data)}
+    problems: list[str] = []
+    if metric in evaluation.test:
+        scores["challenger"] = evaluation.test[metric]
+    else:
+        problems.append(f"the new model's {metric} was not computed")
+    if champion is not None:
+        scores["champion"] = champion.name[:253]
+        scores["champion_sha256"] = champion.sha256[:64]
+        model = load_checked_model(_champion_path(champion, scratch), champion.sha256, f"champion {champion.name}")
+        value, problem = score_champion(plan.task, model, data.X_test, data.y_test, metric)
+        if value is not None:
+            scores["champion_score"] = value
+        else:
+            problems.append(f"champion {champion.name} {problem}")
+    if problems:
+        scores["problem"] = "; ".join(problems)[: contract.PROMOTION_PROBLEM_MAX]
+    return scores
 
 
 # ---- save ---------------------------------------------------------------------------------------------

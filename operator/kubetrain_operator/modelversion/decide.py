@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from .. import k8s
 from ..engine import Child, Plan
 from ..settings import Settings
+from ..trainingrun import promotion
 from . import aliases, children, retention
 from . import status as mvs
 
@@ -107,8 +108,11 @@ def decide(facts: ModelFacts, settings: Settings, now: dt.datetime) -> ModelPlan
     stamp = k8s.format_time(now)
     live = [v for v in facts.versions if not v.deleting]
     phase_patches = {v.name: settle(v, facts, settings, stamp, plan) for v in live}
+    for name, record in promotion_patches(live).items():
+        phase_patches[name] = {**(phase_patches.get(name) or {}), "promotion": record}
+    history = promotion_history([v.obj for v in live], stamp)
     synthetic = [_merged(v.obj, phase_patches.get(v.name) or {}) for v in facts.versions]
-    status_patches = alias_patches(synthetic, settings, k8s.format_time(now, micro=True), plan)
+    status_patches = alias_patches(synthetic, settings, k8s.format_time(now, micro=True), plan, history)
     for name, patch in phase_patches.items():
         if patch:
             status_patches[name] = {**patch, **status_patches.get(name, {})}
@@ -252,15 +256,21 @@ def result_message(text: str) -> str:
 
 
 def alias_patches(
-    objs: list[dict[str, Any]], settings: Settings, now: str, plan: ModelPlan
+    objs: list[dict[str, Any]],
+    settings: Settings,
+    now: str,
+    plan: ModelPlan,
+    extra_history: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The alias fields of every live version whose effective aliases (claims, history) change."""
+    """The alias fields of every live version whose effective aliases (claims, history) change;
+    ``extra_history`` adds aliasHistory entries by version name (promotion decisions)."""
     outcomes = aliases.resolve_aliases([aliases.VersionView.from_obj(o) for o in objs], settings.protected_aliases, now)
     out: dict[str, dict[str, Any]] = {}
     for obj in objs:
         if obj["metadata"].get("deletionTimestamp"):
             continue
         outcome = outcomes[obj["metadata"]["name"]]
+        outcome.new_events.extend((extra_history or {}).get(obj["metadata"]["name"], []))
         patch = aliases.alias_status_patch(obj, outcome, now)
         if patch is None:
             continue
@@ -275,7 +285,44 @@ def _alias_event(obj: dict[str, Any], event: Mapping[str, Any]) -> list[tuple[di
         return [(obj, k8s.Event.warning("AliasRefused", event["message"]))]
     if event["action"] in ("Assigned", "Superseded"):
         return [(obj, k8s.Event.normal(f"Alias{event['action']}", event["message"]))]
+    if event["action"] in (promotion.DECISION_PROMOTED, promotion.DECISION_CHAMPION_KEPT):
+        return [(obj, k8s.Event.normal(event["action"], event["message"]))]
     return []
+
+
+# ---- promotion (spec.register.promote of the producing run) --------------------------------------------------
+
+
+def promotion_patches(live: list[VersionFacts]) -> dict[str, dict[str, Any]]:
+    """status.promotion of each run-created version whose annotation records a decision not yet in status."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in live:
+        record = promotion.from_annotation(v.obj)
+        if record is not None and (v.obj.get("status") or {}).get("promotion") != record:
+            out[v.name] = record
+    return out
+
+
+def promotion_history(objs: list[dict[str, Any]], now: str) -> dict[str, list[dict[str, Any]]]:
+    """aliasHistory entries of the decisions being recorded now (once: in the pass that writes status.promotion):
+    ``Promoted``/``ChampionKept`` on the new version, ``ChampionKept`` on the champion that kept the alias."""
+    names = {o["metadata"]["name"] for o in objs}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for obj in objs:
+        record = promotion.from_annotation(obj)
+        if record is None or (obj.get("status") or {}).get("promotion") == record:
+            continue
+        alias, decision, message = record["alias"], record["decision"], record.get("message", "")
+        out.setdefault(obj["metadata"]["name"], []).append(_history(alias, decision, now, message))
+        champion = record.get("champion")
+        if decision == promotion.DECISION_CHAMPION_KEPT and champion in names and champion != obj["metadata"]["name"]:
+            kept = f"{alias} kept over {obj['metadata']['name']}: {message}"
+            out.setdefault(str(champion), []).append(_history(alias, decision, now, kept))
+    return out
+
+
+def _history(alias: str, action: str, now: str, message: str) -> dict[str, Any]:
+    return {"alias": alias, "action": action, "time": now, "message": message[: k8s.EVENT_MESSAGE_MAX]}
 
 
 def plan_retention(objs: list[dict[str, Any]], settings: Settings, namespace: str, plan: ModelPlan) -> None:

@@ -15,6 +15,7 @@ from kubetrain_trainer import contract
 
 from .. import k8s
 from ..settings import Settings
+from .promotion import Champion
 
 TRAINER_CONTAINER = "trainer"
 
@@ -37,8 +38,9 @@ def effective_output(run: TrainingRun, settings: Settings) -> str:
     return run.spec.output.uri if run.spec.output else settings.default_output
 
 
-def claim_mounts(run: TrainingRun, settings: Settings) -> list[k8s.Volume]:
-    """Claims the pod needs: the dataset's (read-only unless also the output's) and the output's."""
+def claim_mounts(run: TrainingRun, settings: Settings, champion: Champion | None = None) -> list[k8s.Volume]:
+    """Claims the pod needs: the dataset's and the champion's (read-only unless also the output's) and the
+    output's."""
     writable: set[str] = set()
     claims: list[str] = []
     out = effective_output(run, settings)
@@ -46,10 +48,11 @@ def claim_mounts(run: TrainingRun, settings: Settings) -> list[k8s.Volume]:
         claim = _pvc_parts(out)[0]
         writable.add(claim)
         claims.append(claim)
-    if run.spec.dataset.uri.startswith("pvc://"):
-        claim = _pvc_parts(run.spec.dataset.uri)[0]
-        if claim not in claims:
-            claims.append(claim)
+    for uri in (run.spec.dataset.uri, champion.uri if champion else ""):
+        if uri.startswith("pvc://"):
+            claim = _pvc_parts(uri)[0]
+            if claim and claim not in claims:
+                claims.append(claim)
     return [
         k8s.Volume(f"pvc-{i}", claim, f"{settings.pvc_mount_root}/{claim}", claim not in writable)
         for i, claim in enumerate(sorted(claims))
@@ -87,8 +90,11 @@ def config_json(run: TrainingRun, uid: str) -> str:
     return json.dumps(manifest, separators=(",", ":"), sort_keys=True)
 
 
-def trainer_env(run: TrainingRun, uid: str, settings: Settings) -> list[dict[str, Any]]:
-    """The trainer container's environment (names from the trainer contract)."""
+def trainer_env(
+    run: TrainingRun, uid: str, settings: Settings, champion: Champion | None = None
+) -> list[dict[str, Any]]:
+    """The trainer container's environment (names from the trainer contract); the champion of
+    spec.register.promote when a version holds its alias."""
     env: list[dict[str, Any]] = [
         {"name": contract.ENV_CONFIG, "value": config_json(run, uid)},
         {"name": contract.ENV_RUN_NAME, "value": run.metadata["name"]},
@@ -107,6 +113,8 @@ def trainer_env(run: TrainingRun, uid: str, settings: Settings) -> list[dict[str
     out = output_dir(run, settings)
     if out:
         env.append({"name": contract.ENV_OUTPUT_DIR, "value": out})
+    if champion is not None:
+        env.extend(champion.env())
     return env
 
 
@@ -153,7 +161,7 @@ def desired_suspend(run: TrainingRun) -> bool | None:
     return False
 
 
-def trainer_container(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+def trainer_container(run: TrainingRun, uid: str, settings: Settings, champion: Champion | None) -> dict[str, Any]:
     """The trainer container: the contract's command and environment, the run's resources."""
     spec = run.spec
     return k8s.restricted_container(
@@ -161,17 +169,19 @@ def trainer_container(run: TrainingRun, uid: str, settings: Settings) -> dict[st
         spec.image or settings.trainer_image,
         settings.image_pull_policy,
         command=list(contract.RUN_COMMAND),
-        env=trainer_env(run, uid, settings),
+        env=trainer_env(run, uid, settings, champion),
         **({"envFrom": [e.dump() for e in spec.env_from]} if spec.env_from else {}),
         resources=resources(run, settings),
     )
 
 
-def trainer_pod_spec(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+def trainer_pod_spec(run: TrainingRun, uid: str, settings: Settings, champion: Champion | None) -> dict[str, Any]:
     """The restricted pod spec with the run's scheduling fields."""
     spec = run.spec
     pod_spec = k8s.restricted_pod_spec(
-        trainer_container(run, uid, settings), claim_mounts(run, settings), spec.service_account_name
+        trainer_container(run, uid, settings, champion),
+        claim_mounts(run, settings, champion),
+        spec.service_account_name,
     )
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
@@ -185,13 +195,13 @@ def trainer_pod_spec(run: TrainingRun, uid: str, settings: Settings) -> dict[str
     return pod_spec
 
 
-def trainer_job_spec(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
+def trainer_job_spec(run: TrainingRun, uid: str, settings: Settings, champion: Champion | None) -> dict[str, Any]:
     spec = run.spec
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "podFailurePolicy": k8s.fail_fast_policy(TRAINER_CONTAINER),
         "suspend": bool(spec.suspend or spec.queue_name),
-        "template": {"metadata": {"labels": labels(run)}, "spec": trainer_pod_spec(run, uid, settings)},
+        "template": {"metadata": {"labels": labels(run)}, "spec": trainer_pod_spec(run, uid, settings, champion)},
     }
     parallelism = spec.search.parallelism if spec.search else 1
     if parallelism > 1:
@@ -203,8 +213,11 @@ def trainer_job_spec(run: TrainingRun, uid: str, settings: Settings) -> dict[str
     return job_spec
 
 
-def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[str, Any]:
-    """The trainer Job manifest of ``run`` (whose metadata.uid is ``uid``)."""
+def build_trainer_job(
+    run: TrainingRun, uid: str, settings: Settings, champion: Champion | None = None
+) -> dict[str, Any]:
+    """The trainer Job manifest of ``run`` (whose metadata.uid is ``uid``); ``champion`` is the version
+    holding the alias of spec.register.promote, scored by the trainer beside the new model."""
     name = run.metadata["name"]
     job_labels = labels(run)
     if run.spec.queue_name:
@@ -219,5 +232,5 @@ def build_trainer_job(run: TrainingRun, uid: str, settings: Settings) -> dict[st
             "annotations": {k8s.LABEL_RUN_UID: uid},
             "ownerReferences": [k8s.owner_reference("TrainingRun", {"name": name, "uid": uid})],
         },
-        "spec": trainer_job_spec(run, uid, settings),
+        "spec": trainer_job_spec(run, uid, settings, champion),
     }

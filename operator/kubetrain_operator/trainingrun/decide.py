@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from .. import k8s
 from ..engine import Child, Plan
 from ..settings import Settings
-from . import children, registration, status
+from . import children, promotion, registration, status
 
 REGISTRATION_RETRY_SECONDS = 30.0
 #: A queued run is looked at again to refresh Kueue's reason in its status (nothing on the run, Job or pods
@@ -49,7 +49,8 @@ class RunFacts:
     log_tail: str | None = None
     progress_log: str | None = None
     versions: list[dict[str, Any]] | None = None
-    """The namespace's ModelVersions (only when the model is to be registered)."""
+    """The namespace's ModelVersions (only when the model is to be registered, or when the Job of a promoting
+    run is to be created: the alias's holder is its champion)."""
     memory: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -173,7 +174,7 @@ def decide(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
     outcome = status.observe(run, job, facts.pods, now, facts.queue_detail)
     if wants_log_tail(outcome):
         outcome.log_tail = facts.log_tail
-    model_version, error = plan_registration(facts, run, outcome.result, settings, now, plan)
+    model_version, error, promoted = plan_registration(facts, run, outcome.result, settings, now, plan)
     job_name = children.job_name(facts.meta["name"], facts.meta["uid"])
     desired = status.build_status(
         run,
@@ -185,6 +186,7 @@ def decide(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
         progress=parse_progress(facts.progress_log),
         model_version=model_version,
         registration_error=error,
+        promotion=promoted,
     )
     if outcome.delete_job and job is not None:
         # The operator decided the run failed (start-up deadline): nothing may linger.
@@ -200,7 +202,7 @@ def sync_job(facts: RunFacts, run: TrainingRun, settings: Settings, plan: RunPla
     one), its mutable spec fields carried over while it runs."""
     job = facts.job
     if job is None and not facts.current.get("jobName"):
-        job = children.build_trainer_job(run, facts.meta["uid"], settings)
+        job = children.build_trainer_job(run, facts.meta["uid"], settings, champion(facts, run))
         plan.create.append(job)
         name = job["metadata"]["name"]
         plan.events.append(k8s.Event.normal(status.REASON_JOB_CREATED, f"created trainer Job {name}"))
@@ -213,6 +215,19 @@ def sync_job(facts: RunFacts, run: TrainingRun, settings: Settings, plan: RunPla
     meta = job["metadata"]
     plan.patch.append((Child("Job", meta["namespace"], meta["name"]), {"spec": patch}))
     return {**job, "spec": {**(job.get("spec") or {}), **patch}}
+
+
+def wants_champion(current: Mapping[str, Any], job: Mapping[str, Any] | None, run: TrainingRun) -> bool:
+    """The Job of a promoting run is about to be created: gather lists the versions for its champion."""
+    return run.spec.registration.promote is not None and job is None and not current.get("jobName")
+
+
+def champion(facts: RunFacts, run: TrainingRun) -> promotion.Champion | None:
+    """The version holding the alias of spec.register.promote now (None: no promotion, or no holder)."""
+    promote = run.spec.registration.promote
+    if promote is None:
+        return None
+    return promotion.champion_of(facts.versions or [], run.spec.model, promote.alias)
 
 
 def job_spec_patch(job: Mapping[str, Any], run: TrainingRun) -> dict[str, Any]:
@@ -286,27 +301,52 @@ def plan_registration(
     settings: Settings,
     now: dt.datetime,
     plan: RunPlan,
-) -> tuple[str | None, str | None]:
-    """(ModelVersion name, registration error) of a succeeded run; plans the creation when it is due. A
-    failure never hides the trained model: it is retried after REGISTRATION_RETRY_SECONDS."""
+) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """(ModelVersion name, registration error, promotion record) of a succeeded run; plans the creation when
+    it is due. A failure never hides the trained model: it is retried after REGISTRATION_RETRY_SECONDS."""
     model = (result.model if result else None) or {}
     if not (run.spec.registration.enabled and result and model.get("sha256") and facts.versions is not None):
-        return None, None
+        return None, None, None
     found = registration.adopted(facts.versions, facts.meta["uid"])
     if found:
-        return found, None
+        record = facts.current.get("promotion") or promotion.from_annotation(_named(facts.versions, found))
+        return found, None, _announce(facts, record, plan)
     error, since = facts.memory.get(MEM_REGISTRATION_ERROR) or (None, None)
     if error and since is not None and (now - since).total_seconds() < REGISTRATION_RETRY_SECONDS:
-        return None, str(error)
+        return None, str(error), None
     version = registration.next_version(facts.versions, run.spec.model)
     image = run.spec.image or settings.trainer_image
+    record = promotion_record(facts, run, result, registration.model_version_name(run.spec.model, version), now)
     try:
-        manifest = registration.build_model_version(run, facts.meta["uid"], result, version, image)
+        manifest = registration.build_model_version(run, facts.meta["uid"], result, version, image, record)
     except ValidationError as exc:
-        return None, f"creating the ModelVersion failed: {exc}"[:1000]
+        return None, f"creating the ModelVersion failed: {exc}"[:1000], None
     manifest.pop("status", None)
     plan.register = manifest
-    return str(manifest["metadata"]["name"]), None
+    return str(manifest["metadata"]["name"]), None, _announce(facts, record, plan)
+
+
+def promotion_record(
+    facts: RunFacts, run: TrainingRun, result: contract.Result, challenger: str, now: dt.datetime
+) -> dict[str, Any] | None:
+    """The decision of spec.register.promote for the new version ``challenger`` (None without promote)."""
+    promote = run.spec.registration.promote
+    if promote is None:
+        return None
+    holder = promotion.champion_of(facts.versions or [], run.spec.model, promote.alias)
+    scores = getattr(result, "promotion", None)
+    return promotion.decide_promotion(promote, scores, holder, challenger, k8s.format_time(now))
+
+
+def _announce(facts: RunFacts, record: dict[str, Any] | None, plan: RunPlan) -> dict[str, Any] | None:
+    """The record, with its Event (Promoted / ChampionKept) the first time the status gets it."""
+    if record and not facts.current.get("promotion"):
+        plan.events.append(promotion.event(record))
+    return record
+
+
+def _named(versions: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next((mv for mv in versions if (mv.get("metadata") or {}).get("name") == name), {})
 
 
 def decide_finished(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
@@ -321,12 +361,14 @@ def decide_finished(facts: RunFacts, settings: Settings, now: dt.datetime) -> Ru
     run = try_parse(facts.body, settings)
     if isinstance(run, str) or not needs_registration(current, run):
         return plan
-    model_version, error = plan_registration(facts, run, result_of(facts, run, now), settings, now, plan)
+    model_version, error, promoted = plan_registration(facts, run, result_of(facts, run, now), settings, now, plan)
     conds = [c for c in current.get("conditions") or [] if c.get("type") != status.COND_REGISTERED]
     conds += status.registered_condition(current.get("conditions") or [], model_version, error, facts.generation, now)
     desired = {**current, "conditions": conds}
     if model_version:
         desired["modelVersion"] = model_version
+    if promoted:
+        desired["promotion"] = promoted
     plan.requeue = REGISTRATION_RETRY_SECONDS if error else None
     return _with_status(plan, facts, desired)
 

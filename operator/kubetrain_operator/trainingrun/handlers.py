@@ -92,6 +92,8 @@ async def _gather_running(facts: RunFacts, run: Any, now: dt.datetime) -> None:
     meta = facts.meta
     namespace, jname = meta["namespace"], children.job_name(meta["name"], meta["uid"])
     facts.job = await kube.get_job(namespace, jname)
+    if decide.wants_champion(facts.current, facts.job, run):
+        facts.versions = await kube.list_model_versions(namespace)  # the alias's holder is the champion
     if facts.job is None:
         return
     facts.pods = await kube.list_job_pods(namespace, jname)

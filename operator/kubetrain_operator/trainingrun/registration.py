@@ -19,6 +19,7 @@ from kubetrain_trainer import contract
 from pydantic import ValidationError
 
 from .. import k8s
+from . import promotion
 
 _RUNTIME_KEYS = {"python": "python", "sklearn": "scikitLearn", "joblib": "joblib", "pandas": "pandas", "numpy": "numpy"}
 
@@ -66,11 +67,18 @@ def signature_of(result: contract.Result) -> dict[str, Any] | None:
 
 
 def build_model_version(
-    run: TrainingRun, uid: str, result: contract.Result, version: int, image: str
+    run: TrainingRun,
+    uid: str,
+    result: contract.Result,
+    version: int,
+    image: str,
+    promoted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ModelVersion manifest for a successful run (validated through the typed API)."""
+    """The ModelVersion manifest for a successful run (validated through the typed API). With a promotion
+    record (spec.register.promote) it carries the decision as an annotation, and claims the alias when the
+    decision is Promoted."""
     name = run.metadata["name"]
-    manifest = {
+    manifest: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "ModelVersion",
         "metadata": {
@@ -85,6 +93,10 @@ def build_model_version(
         },
         "spec": model_version_spec(run, uid, result, version, image),
     }
+    if promoted is not None:
+        manifest["metadata"]["annotations"] = {promotion.ANNOTATION_PROMOTION: promotion.annotation(promoted)}
+        if promotion.promoted(promoted):
+            manifest["spec"]["aliases"].append(str(promoted["alias"]))
     return ModelVersion.model_validate(manifest).model_dump(by_alias=True, exclude_none=True, mode="json")
 
 

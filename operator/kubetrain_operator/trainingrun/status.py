@@ -344,6 +344,7 @@ def build_status(
     progress: dict[str, Any] | None = None,
     model_version: str | None = None,
     registration_error: str | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
     st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
@@ -363,6 +364,8 @@ def build_status(
     st.update(_result_fields(run, outcome))
     if model_version or current.get("modelVersion"):
         st["modelVersion"] = model_version or current.get("modelVersion")
+    if promotion or current.get("promotion"):
+        st["promotion"] = promotion or current.get("promotion")
     if outcome.phase == FAILED:
         st["failure"] = _failure(outcome)
     prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
