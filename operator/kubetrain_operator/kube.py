@@ -6,6 +6,7 @@ Functions take and return plain dicts (manifests as stored), so the rest of the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -15,6 +16,8 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import CascadeType, PatchType
+
+from . import cache
 
 FIELD_MANAGER = "kubetrain-operator"
 
@@ -65,6 +68,9 @@ def _dict(obj: Any) -> dict[str, Any]:
 
 
 async def get_training_run(namespace: str, name: str) -> dict[str, Any] | None:
+    """The run as last watched (``cache``), or from the API outside a running operator."""
+    if cache.bound():
+        return cache.training_run(namespace, name)
     try:
         return _dict(await client().get(TrainingRunResource, name, namespace=namespace))
     except ApiError as exc:
@@ -82,6 +88,9 @@ async def patch_training_run_status(namespace: str, name: str, patch: dict[str, 
 
 
 async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Job as last watched (``cache``), or from the API outside a running operator."""
+    if cache.bound():
+        return cache.job(namespace, name)
     try:
         return _dict(await client().get(Job, name, namespace=namespace))
     except ApiError as exc:
@@ -91,6 +100,9 @@ async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    """The Job's pods as last watched (``cache``), or from the API outside a running operator."""
+    if cache.bound():
+        return cache.job_pods(namespace, job_name)
     pods = client().list(Pod, namespace=namespace, labels={"batch.kubernetes.io/job-name": job_name})
     return [_dict(p) async for p in pods]
 
@@ -101,9 +113,21 @@ _RESOURCES: dict[str, Any] = {"Job": Job, "TrainingRun": TrainingRunResource, "M
 
 
 async def create(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Create ``manifest`` (a Job, TrainingRun or ModelVersion); ApiError (AlreadyExists ...) propagates."""
-    obj: Any = _RESOURCES[manifest["kind"]].from_dict(manifest)
-    return _dict(await client().create(obj))
+    """Create ``manifest`` (a Job, TrainingRun or ModelVersion); ApiError (AlreadyExists ...) propagates.
+    The result is written through to the cache; on AlreadyExists the cache's copy is refreshed from the
+    API first (it lagged: the pass that follows must see the object)."""
+    resource = _RESOURCES[manifest["kind"]]
+    obj: Any = resource.from_dict(manifest)
+    try:
+        created = _dict(await client().create(obj))
+    except ApiError as exc:
+        if is_already_exists(exc) and cache.bound():
+            meta = manifest["metadata"]
+            with contextlib.suppress(ApiError):
+                cache.wrote(_dict(await client().get(resource, meta["name"], namespace=meta.get("namespace"))))
+        raise
+    cache.wrote(created)
+    return created
 
 
 async def patch_child(kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
@@ -113,7 +137,7 @@ async def patch_child(kind: str, namespace: str, name: str, patch: dict[str, Any
     if set(patch) == {"status"}:
         resource = resource.Status
     try:
-        await client().patch(resource, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+        cache.wrote(_dict(await client().patch(resource, name, patch, namespace=namespace, patch_type=PatchType.MERGE)))
     except ApiError as exc:
         if not is_not_found(exc):
             raise
@@ -123,6 +147,7 @@ async def delete_child(kind: str, namespace: str, name: str) -> None:
     """Delete an object (a Job with its pods, in the background); a missing one is fine."""
     try:
         await client().delete(_RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        cache.deleted(kind, namespace, name)
     except ApiError as exc:
         if not is_not_found(exc):
             raise
@@ -143,7 +168,10 @@ async def pod_log_tail(namespace: str, pod: str, container: str, lines: int) -> 
 
 
 async def list_model_versions(namespace: str) -> list[dict[str, Any]]:
-    """Every ModelVersion of the namespace (hand-made ones may lack the model label: filter by spec.model)."""
+    """Every ModelVersion of the namespace (hand-made ones may lack the model label: filter by spec.model),
+    as last watched (``cache``), or from the API outside a running operator."""
+    if cache.bound():
+        return cache.model_versions(namespace)
     return [_dict(i) async for i in client().list(ModelVersionResource, namespace=namespace)]
 
 
