@@ -573,7 +573,17 @@ async def paced_create(api: Api, path: str, manifests: list[dict[str, Any]], rat
             await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
         async with sem:
             sent[m["metadata"]["name"]] = time.monotonic()
-            await api.call("POST", path, m)
+            # An overloaded API server answers 429/5xx (seen: 504 in a burst of 1,000 while other helpers
+            # loaded the machine): retried; a retried create that had gone through is a 409, which is fine.
+            for attempt in range(6):
+                try:
+                    await api.call("POST", path, m, ok=(409,) if attempt else ())
+                    return
+                except RuntimeError as exc:
+                    if attempt == 5 or not re.search(r"-> (429|500|503|504):", str(exc)):
+                        raise
+                    log(f"create retried after: {str(exc)[:120]}")
+                    await asyncio.sleep(0.5 * 2**attempt)
 
     await asyncio.gather(*(one(i, m) for i, m in enumerate(manifests)))
     return sent
@@ -608,7 +618,8 @@ async def clean_namespace(api: Api, namespace: str, timeout: float) -> None:
         (EVENT_PATH, {}),
     ):
         try:
-            await api.call("DELETE", path.format(ns=namespace), background, params=params, ok=(404,), timeout=300)
+            # 504: the server gave up waiting, not deleting (it carries on): the bounded wait below covers it.
+            await api.call("DELETE", path.format(ns=namespace), background, params=params, ok=(404, 504), timeout=300)
         except TimeoutError:
             log(f"deleting {path.format(ns=namespace)} timed out; waiting for the server to finish")
     await wait_empty(api, [(TR_PATH.format(ns=namespace), {}), (JOB_PATH.format(ns=namespace), {})], timeout)

@@ -53,7 +53,8 @@ def test_pod_deleted_behind_the_operators_back_is_seen(workspace: Workspace, ope
     ws.apply(iris_run("repodded", image="registry.invalid/kubetrain/trainer:0.0.0", startupDeadlineSeconds=600))
 
     def named_pod() -> str | None:
-        message = (ws.run("repodded").get("status") or {}).get("message") or ""
+        conditions = (ws.run("repodded").get("status") or {}).get("conditions") or []
+        message = " ".join(str(c.get("message") or "") for c in conditions)
         pods = [p["metadata"]["name"] for p in ws.pods("repodded") if not p["metadata"].get("deletionTimestamp")]
         return next((p for p in pods if f"pod {p}:" in message), None)
 
