@@ -168,8 +168,22 @@ def pct(values: list[float], q: float) -> float | None:
 # ---- the API, through aiohttp ---------------------------------------------------------------------------
 
 
+def is_local_address(host: str) -> bool:
+    """Loopback, or an address of one of this machine's interfaces (the dev cluster's API server listens
+    on its bridge address since it runs real nodes): a socket can bind to it only then."""
+    if host in ("127.0.0.1", "localhost"):
+        return True
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
 class Api:
-    """A small async client for the admin kubeconfig (loopback only), JSON in and out."""
+    """A small async client for the admin kubeconfig (an API server on this machine only), JSON in and
+    out."""
 
     def __init__(self, kubeconfig: str, tmp: Path) -> None:
         cfg = yaml.safe_load(Path(kubeconfig).read_text())
@@ -179,8 +193,8 @@ class Api:
         user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
         self.server = cluster["server"].rstrip("/")
         host = re.sub(r"^https?://", "", self.server).split(":")[0]
-        if host not in ("127.0.0.1", "localhost"):
-            raise SystemExit(f"the benchmark talks to a loopback API server only, not {self.server}")
+        if not is_local_address(host):
+            raise SystemExit(f"the benchmark talks to an API server on this machine only, not {self.server}")
         self.ssl = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
         cert, key = tmp / "client.crt", tmp / "client.key"
         cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
@@ -559,7 +573,17 @@ async def paced_create(api: Api, path: str, manifests: list[dict[str, Any]], rat
             await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
         async with sem:
             sent[m["metadata"]["name"]] = time.monotonic()
-            await api.call("POST", path, m)
+            # An overloaded API server answers 429/5xx (seen: 504 in a burst of 1,000 while other helpers
+            # loaded the machine): retried; a retried create that had gone through is a 409, which is fine.
+            for attempt in range(6):
+                try:
+                    await api.call("POST", path, m, ok=(409,) if attempt else ())
+                    return
+                except RuntimeError as exc:
+                    if attempt == 5 or not re.search(r"-> (429|500|503|504):", str(exc)):
+                        raise
+                    log(f"create retried after: {str(exc)[:120]}")
+                    await asyncio.sleep(0.5 * 2**attempt)
 
     await asyncio.gather(*(one(i, m) for i, m in enumerate(manifests)))
     return sent
@@ -594,7 +618,8 @@ async def clean_namespace(api: Api, namespace: str, timeout: float) -> None:
         (EVENT_PATH, {}),
     ):
         try:
-            await api.call("DELETE", path.format(ns=namespace), background, params=params, ok=(404,), timeout=300)
+            # 504: the server gave up waiting, not deleting (it carries on): the bounded wait below covers it.
+            await api.call("DELETE", path.format(ns=namespace), background, params=params, ok=(404, 504), timeout=300)
         except TimeoutError:
             log(f"deleting {path.format(ns=namespace)} timed out; waiting for the server to finish")
     await wait_empty(api, [(TR_PATH.format(ns=namespace), {}), (JOB_PATH.format(ns=namespace), {})], timeout)

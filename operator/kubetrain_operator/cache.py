@@ -1,0 +1,194 @@
+"""The engine's reads, served from the watch streams kopf already keeps open (an informer-like cache).
+
+Every pass used to GET its object and its Job and LIST the Job's pods (and every ModelVersion of the
+namespace) although the watch event that caused the pass had just carried them. Here kopf *indexes* keep
+the latest copy of every TrainingRun, ModelVersion, our Jobs and their pods (the server-side label
+selector of ``startup`` already limits Jobs and pods to ours), stripped of what no pass reads
+(``managedFields``, the last-applied annotation, the Job's pod template spec, the pod spec):
+
+* kopf updates an index from each watch event *before* the handlers of that event run, removes an object
+  on its DELETED event, and runs no handler at all until every index is filled by its initial listing —
+  so a pass never sees a half-listed cluster after a restart (no Job is created twice for lack of a look);
+* our own writes (creations, status and spec patches) are written through into a short-lived overlay, so
+  the next pass sees them before their watch events arrive; an overlay entry goes when the watch delivers
+  that version or a newer one (resourceVersion compared as etcd's integers), at the latest after
+  ``OVERLAY_SECONDS``; an AlreadyExists refreshes the entry from the API (see ``kube.create``);
+* a pass that still decides on a stale copy is safe: a creation of something that exists ends in
+  AlreadyExists → ``Again``; patches are JSON merge patches of fields the operator owns (idempotent).
+
+Outside a running operator (no kopf indexes bound: unit tests, scripts) ``kube`` reads from the API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubetrain_api.models import GROUP, VERSION
+
+from .k8s import LABEL_JOB_NAME
+
+#: How long one of our writes is trusted over an older watched copy (the watch normally catches up in ms).
+OVERLAY_SECONDS = 60.0
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_INDEXES = ("kubetrain_runs", "kubetrain_versions", "kubetrain_jobs", "kubetrain_pods")
+
+
+@dataclass
+class _Written:
+    rv: int
+    obj: dict[str, Any]
+    until: float
+
+
+_indices: dict[str, Any] = {}
+_overlay: dict[tuple[str, str, str], _Written] = {}
+
+
+def bind(kwargs: Mapping[str, Any]) -> None:
+    """Take kopf's index objects from a handler's kwargs (the startup handler's): from now on reads are
+    served from them."""
+    for name in _INDEXES:
+        if name in kwargs:
+            _indices[name] = kwargs[name]
+
+
+def unbind() -> None:
+    _indices.clear()
+    _overlay.clear()
+
+
+def bound() -> bool:
+    return len(_indices) == len(_INDEXES)
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:  # not etcd's integer: the watched copy wins
+        return 0
+
+
+def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and _LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != _LAST_APPLIED}
+    return meta
+
+
+def strip(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the passes read of an object: no managedFields; a Job without its pod template's spec; a pod
+    with metadata and status only (plus its node)."""
+    out: dict[str, Any] = {k: v for k, v in body.items() if k != "metadata"}
+    out["metadata"] = _meta(body)
+    if kind == "Job":
+        spec = dict(out.get("spec") or {})
+        template = spec.get("template") or {}
+        spec["template"] = {"metadata": template.get("metadata") or {}}
+        out["spec"] = spec
+    elif kind == "Pod":
+        node = (body.get("spec") or {}).get("nodeName")
+        out["spec"] = {"nodeName": node} if node else {}
+    return out
+
+
+def _seen(kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+    """A watched version of an object: our overlay of it goes once the watch caught up with it."""
+    key = (kind, namespace, name)
+    written = _overlay.get(key)
+    if written is not None and _rv(body) >= written.rv:
+        del _overlay[key]
+
+
+def wrote(obj: Mapping[str, Any]) -> None:
+    """Write-through: ``obj`` is what the API returned for one of our creations or patches."""
+    if not bound() or not obj:
+        return
+    meta = obj.get("metadata") or {}
+    kind, namespace, name = str(obj.get("kind") or ""), meta.get("namespace") or "", meta.get("name") or ""
+    if kind and name:
+        _overlay[(kind, namespace, name)] = _Written(_rv(obj), strip(kind, obj), time.monotonic() + OVERLAY_SECONDS)
+
+
+def deleted(kind: str, namespace: str, name: str) -> None:
+    """We deleted it: forget our own copy (the watch's DELETED removes the indexed one)."""
+    _overlay.pop((kind, namespace, name), None)
+
+
+def _pick(kind: str, namespace: str, name: str, watched: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    best = max(watched, key=_rv, default=None)
+    written = _overlay.get((kind, namespace, name))
+    if written is None:
+        return best
+    if time.monotonic() > written.until or (best is not None and _rv(best) >= written.rv):
+        del _overlay[(kind, namespace, name)]
+        return best
+    return written.obj
+
+
+def _store(index: str, key: Any) -> list[dict[str, Any]]:
+    idx = _indices[index]
+    return list(idx[key]) if key in idx else []
+
+
+def training_run(namespace: str, name: str) -> dict[str, Any] | None:
+    return _pick("TrainingRun", namespace, name, _store("kubetrain_runs", (namespace, name)))
+
+
+def job(namespace: str, name: str) -> dict[str, Any] | None:
+    return _pick("Job", namespace, name, _store("kubetrain_jobs", (namespace, name)))
+
+
+def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    return _store("kubetrain_pods", (namespace, job_name))
+
+
+def model_versions(namespace: str) -> list[dict[str, Any]]:
+    """Every ModelVersion of the namespace: the watched copies, with our newer writes over them."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for obj in _store("kubetrain_versions", namespace):
+        by_name.setdefault(obj["metadata"]["name"], []).append(obj)
+    names = set(by_name) | {n for (k, ns, n) in list(_overlay) if k == "ModelVersion" and ns == namespace}
+    out = [_pick("ModelVersion", namespace, name, by_name.get(name, ())) for name in sorted(names)]
+    return [o for o in out if o is not None]
+
+
+# --- the kopf indexes (async: kopf would run sync handlers in threads) ----------------------------------------
+
+
+@kopf.index(GROUP, VERSION, "trainingruns", id="kubetrain_runs")
+async def _index_runs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Any, Any] | None:
+    if not namespace:
+        return None
+    _seen("TrainingRun", namespace, name, body)
+    return {(namespace, name): strip("TrainingRun", body)}
+
+
+@kopf.index(GROUP, VERSION, "modelversions", id="kubetrain_versions")
+async def _index_versions(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Any, Any] | None:
+    if not namespace:
+        return None
+    _seen("ModelVersion", namespace, name, body)
+    return {namespace: strip("ModelVersion", body)}
+
+
+@kopf.index("batch", "v1", "jobs", id="kubetrain_jobs")
+async def _index_jobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Any, Any] | None:
+    if not namespace:
+        return None
+    _seen("Job", namespace, name, body)
+    return {(namespace, name): strip("Job", body)}
+
+
+@kopf.index("", "v1", "pods", id="kubetrain_pods")
+async def _index_pods(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Any, Any] | None:
+    job_name = labels.get(LABEL_JOB_NAME)
+    if not namespace or not job_name:
+        return None
+    return {(namespace, job_name): strip("Pod", body)}
