@@ -61,14 +61,20 @@ typecheck: venv
 crds: venv
 	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
+# cluster test is one unit (own namespace, own operator); the other modules, and the modules whose fixtures hold
+# something cluster-wide, go to one worker whole (tests/conftest.py). TEST_WORKERS=0: one process, in order.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+
 test-unit: venv
-	$(BIN)/pytest -m "not cluster" tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not cluster" tests
 
 test-cluster: venv tools
-	$(BIN)/pytest -m cluster tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m cluster tests
 
 test: venv tools lint typecheck
-	$(BIN)/pytest tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) tests
 
 cluster-up: venv tools
 	hack/dev-cluster up
