@@ -61,14 +61,22 @@ typecheck: venv
 crds: venv
 	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
+# cluster test is one unit (own namespace, own operator); the other modules, and the modules whose fixtures hold
+# something cluster-wide, go to one worker whole (tests/conftest.py). TEST_WORKERS=0: one process, in order.
+# PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=30 --junitxml=report.xml".
+TEST_WORKERS ?= 4
+PYTEST_ARGS ?=
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+
 test-unit: venv
-	$(BIN)/pytest -m "not cluster" tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m "not cluster" tests
 
 test-cluster: venv tools
-	$(BIN)/pytest -m cluster tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m cluster tests
 
 test: venv tools lint typecheck
-	$(BIN)/pytest tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) tests
 
 cluster-up: venv tools
 	hack/dev-cluster up

@@ -184,6 +184,30 @@ def _parse_up_output(stdout: str) -> tuple[str, str | None]:
     return last.removeprefix("export KUBECONFIG="), bin_dir
 
 
+def _run_dir() -> Path:
+    return Path(os.environ.get("KUBETRAIN_RUN_DIR", _cache_root() / "run" / "dev-cluster"))
+
+
+def _keep_cluster() -> bool:
+    return os.environ.get("KUBETRAIN_KEEP_CLUSTER") == "1"
+
+
+# ---- parallel runs (pytest-xdist, `make test`) -----------------------------------------------------------------
+# Every worker is its own pytest session, so each has its own session-scoped ``cluster``: the first worker that
+# needs it runs ``hack/dev-cluster up`` (which holds a lock, so the others wait for it and then find it running).
+# No worker stops it: a worker marks that it used the cluster, and the controller runs ``down`` once every
+# worker has finished (pytest_sessionfinish below). Operators never share namespaces: each test has its own.
+SESSION_ENV = "KUBETRAIN_TEST_SESSION"
+
+
+def _xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def _used_marker(run_dir: Path) -> Path:
+    return run_dir / f".pytest-used-{os.environ.get(SESSION_ENV, 'none')}"
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     external = os.environ.get("KUBETRAIN_TEST_KUBECONFIG")
@@ -193,17 +217,68 @@ def cluster() -> Iterator[Cluster]:
         kubeconfig = external
         bin_dir = os.environ.get("KUBETRAIN_TEST_BIN_DIR")
     else:
+        run_dir = _run_dir()
+        if _xdist_worker():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _used_marker(run_dir).touch()  # before `up`: a failed start is cleaned up as well
         proc = subprocess.run([str(DEV_CLUSTER), "up"], capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             pytest.fail(f"hack/dev-cluster up failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
         kubeconfig, bin_dir = _parse_up_output(proc.stdout)
-        run_dir = Path(os.environ.get("KUBETRAIN_RUN_DIR", _cache_root() / "run" / "dev-cluster"))
     if bin_dir:
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["KUBECONFIG"] = kubeconfig
     yield Cluster(kubeconfig=kubeconfig, run_dir=run_dir, external=bool(external), env=env)
-    if not external and os.environ.get("KUBETRAIN_KEEP_CLUSTER") != "1":
+    if not external and not _keep_cluster() and not _xdist_worker():
         subprocess.run([str(DEV_CLUSTER), "down"], capture_output=True, text=True, timeout=300)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a plain run): workers inherit the environment
+        os.environ.setdefault(SESSION_ENV, uuid.uuid4().hex)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The xdist controller stops the shared dev cluster after the last worker (see ``cluster``)."""
+    if hasattr(session.config, "workerinput") or os.environ.get("KUBETRAIN_TEST_KUBECONFIG"):
+        return
+    marker = _used_marker(_run_dir())
+    if marker.exists():
+        if not _keep_cluster():
+            subprocess.run([str(DEV_CLUSTER), "down"], capture_output=True, text=True, timeout=300)
+        marker.unlink(missing_ok=True)
+
+
+#: Modules whose module-scoped fixtures hold something cluster-wide or expensive (a private dev cluster, Kueue
+#: started and stopped on the shared one): all their tests go to one worker, one after the other.
+WHOLE_MODULES = ("tests/operator/test_resilience.py", "tests/operator/test_kueue.py")
+#: Started first (the longest units: each brings up a dev cluster of its own), so that they do not end the run.
+FIRST = (
+    "tests/operator/test_resilience.py",
+    "tests/operator/test_demo.py",
+    "tests/operator/test_examples.py::test_all_namespaces_on_a_private_cluster",
+    "tests/images/test_built_images.py",
+    "tests/unit/test_security_scan.py",
+    "tests/operator/test_kueue.py",
+    "tests/operator/test_plugin.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``): the unit of distribution is one cluster test (each has its own
+    namespace and operator), a whole module of the others (their module fixtures are set up once), and a whole
+    module of WHOLE_MODULES; the longest units first. A plain ``pytest`` run keeps the collection order."""
+    if not hasattr(config, "workerinput"):
+        return
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module in WHOLE_MODULES or item.get_closest_marker("cluster") is None:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(FIRST) if item.nodeid.startswith(prefix)), len(FIRST))
+
+    items.sort(key=rank)  # stable: the collection order within each rank
 
 
 @pytest.fixture
