@@ -66,11 +66,12 @@ typecheck: venv
 crds: venv
 	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds
 
-# The suite runs on TEST_WORKERS pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
+# TEST_WORKERS=4: the suite on 4 pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
 # cluster test is one unit (own namespace, own operator); the other modules, and the modules whose fixtures hold
-# something cluster-wide, go to one worker whole (tests/conftest.py). TEST_WORKERS=0: one process, in order.
+# something cluster-wide, go to one worker whole (tests/conftest.py). Default 0 (one process, in
+# order) until a whole parallel run has passed here.
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=30 --junitxml=report.xml".
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 0
 PYTEST_ARGS ?=
 # The tests cache our own sources' bytecode too (PYTHONDONTWRITEBYTECODE unset for them; __pycache__ is ignored
 # by git and by the image input hashes).
