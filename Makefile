@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# The stamp names pyproject.toml and the install recipe (bump VENV_RECIPE when the install line changes).
+VENV_RECIPE := 3
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(VENV_RECIPE)) | sha256sum | cut -c1-12)
 
 .PHONY: help tools images manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick clean
 
@@ -19,6 +21,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv
 	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli]'
+	@# Bytecode now, once: the suite starts hundreds of Python processes, and where PYTHONDONTWRITEBYTECODE is
+	@# set none of them would keep what it compiled (scikit-learn, pandas, kopf, checkov ... on every start).
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)
@@ -61,22 +66,26 @@ typecheck: venv
 crds: venv
 	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds
 
-# The suite runs on TEST_WORKERS pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
+# TEST_WORKERS=4: the suite on 4 pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
 # cluster test is one unit (own namespace, own operator); the other modules, and the modules whose fixtures hold
-# something cluster-wide, go to one worker whole (tests/conftest.py). TEST_WORKERS=0: one process, in order.
+# something cluster-wide, go to one worker whole (tests/conftest.py). Default 0 (one process, in
+# order) until a whole parallel run has passed here.
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=30 --junitxml=report.xml".
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 0
 PYTEST_ARGS ?=
+# The tests cache our own sources' bytecode too (PYTHONDONTWRITEBYTECODE unset for them; __pycache__ is ignored
+# by git and by the image input hashes).
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 test-unit: venv
-	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m "not cluster" tests
+	$(PYTEST) $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m "not cluster" tests
 
 test-cluster: venv tools
-	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m cluster tests
+	$(PYTEST) $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m cluster tests
 
 test: venv tools lint typecheck
-	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) tests
+	$(PYTEST) $(PYTEST_PARALLEL) $(PYTEST_ARGS) tests
 
 cluster-up: venv tools
 	hack/dev-cluster up

@@ -264,6 +264,7 @@ FIRST = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadgroup``): the unit of distribution is one cluster test (each has its own
     namespace and operator), a whole module of the others (their module fixtures are set up once), and a whole
