@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,9 +105,13 @@ def test_indexes_are_registered_and_bound_at_startup() -> None:
         settings = kopf.OperatorSettings()
         fake = {name: {} for name in cache._INDEXES}
         asyncio.run(startup.configure(settings=settings, logger=logging.getLogger("test"), **fake))
+        assert not cache.bound(), "opt-in: KUBETRAIN_WATCH_CACHE=1"
+        os.environ["KUBETRAIN_WATCH_CACHE"] = "1"
+        asyncio.run(startup.configure(settings=settings, logger=logging.getLogger("test"), **fake))
         assert cache.bound()
-        # Deliberate queueing (see startup.configure): bounded workers that do not idle for long.
-        assert settings.queueing.worker_limit == 200 and settings.queueing.idle_timeout == 0.5
+        # Deliberate queueing (see startup.configure): no worker limit (it deadlocks with indexes), short idle.
+        assert settings.queueing.worker_limit is None and settings.queueing.idle_timeout == 0.5
     finally:
+        os.environ.pop("KUBETRAIN_WATCH_CACHE", None)
         cache.unbind()
         set_settings(old)
