@@ -18,7 +18,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli]'
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli,mlflow]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)

@@ -25,7 +25,8 @@ def test_exit_codes_and_reasons_are_stable() -> None:
     assert contract.EXIT_CODE_BY_REASON["DataInvalid"] == 11
     assert contract.EXIT_CODE_BY_REASON["BelowThreshold"] == 12
     assert contract.EXIT_CODE_BY_REASON["VerifyFailed"] == 13
-    assert set(contract.TERMINAL_EXIT_CODES) == {10, 11, 12, 13}
+    assert set(contract.TERMINAL_EXIT_CODES) == {10, 11, 12, 13, 14}
+    assert contract.EXIT_CODE_BY_REASON["TrackingFailed"] == 14
     for code, reason in contract.REASON_BY_EXIT_CODE.items():
         assert contract.EXIT_CODE_BY_REASON[reason] == code
 
