@@ -28,7 +28,13 @@ START_TIMEOUT = 600  # import + migrations take ~10 s on an idle machine, minute
 
 
 def credentials_env() -> dict[str, str]:
-    return {"MLFLOW_TRACKING_USERNAME": ADMIN_USER, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+    """The admin's credentials, and a request timeout for a loaded test machine (the trainer's default is
+    10 s; an overloaded CI host can take longer to answer one request)."""
+    return {
+        "MLFLOW_TRACKING_USERNAME": ADMIN_USER,
+        "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+    }
 
 
 @contextmanager
@@ -89,6 +95,7 @@ def mlflow_server(workdir: Path, host: str = "127.0.0.1") -> Iterator[str]:
                     if server.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"mlflow server did not start: {log_path.read_text()[-3000:]}") from None
                     time.sleep(0.5)
+            rest(url, "experiments/search", {"max_results": 1}, timeout=300)  # first answer: app + auth warmed up
             yield url
         finally:
             stop(server)
@@ -108,7 +115,9 @@ def stop(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
-def rest(url: str, endpoint: str, body: dict[str, Any] | None = None, **query: str) -> dict[str, Any]:
+def rest(
+    url: str, endpoint: str, body: dict[str, Any] | None = None, timeout: float = 120, **query: str
+) -> dict[str, Any]:
     """GET (or POST ``body``) MLflow's REST API ``/api/2.0/mlflow/<endpoint>`` as the admin user."""
     address = f"{url}/api/2.0/mlflow/{endpoint}"
     if query:
@@ -119,5 +128,5 @@ def rest(url: str, endpoint: str, body: dict[str, Any] | None = None, **query: s
     req.add_header("Authorization", f"Basic {token}")
     req.add_header("Content-Type", "application/json")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(req, timeout=30) as resp:
+    with opener.open(req, timeout=timeout) as resp:
         return dict(json.loads(resp.read()))

@@ -189,7 +189,8 @@ def classify(exc: BaseException, uri: str) -> tuple[str, str]:
             f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD through spec.envFrom: {text[:200]}"
         )
     if _is_connection_error(exc) or "failed with exception" in text or "timeout exception" in text:
-        return contract.TRACKING_REASON_UNREACHABLE, f"MLflow at {uri} is unreachable: {text[:250]}"
+        cause = text.rpartition("(Caused by ")[2].rstrip(")") if "(Caused by " in text else text
+        return contract.TRACKING_REASON_UNREACHABLE, f"MLflow at {uri} is unreachable ({cause[:250]})"
     if status == 404 or "failed with error code 404" in text:
         return contract.TRACKING_REASON_ERROR, f"{uri} does not answer as an MLflow tracking server (HTTP 404)"
     return contract.TRACKING_REASON_ERROR, f"MLflow at {uri}: {type(exc).__name__}: {text[:250]}"
