@@ -20,7 +20,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli]'
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,trainer,dev,s3,cli,mlflow]'
 	@# Bytecode now, once: the suite starts hundreds of Python processes, and where PYTHONDONTWRITEBYTECODE is
 	@# set none of them would keep what it compiled (scikit-learn, pandas, kopf, checkov ... on every start).
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true

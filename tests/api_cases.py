@@ -122,6 +122,18 @@ INVALID: list[Case] = [
     ),
     Case("env-from-bad-name", {"spec.envFrom": [{"secretRef": {"name": "S3 Creds"}}]}, "envFrom"),
     Case("bad-service-account", {"spec.serviceAccountName": "Trainer_SA"}, "serviceAccountName"),
+    Case("tracking-uri-scheme", {"spec.tracking": {"mlflow": {"trackingUri": "ftp://mlflow:5000"}}}, "trackingUri"),
+    Case(
+        "tracking-uri-credentials",
+        {"spec.tracking": {"mlflow": {"trackingUri": "https://user:secret@mlflow.example.com"}}},
+        "trackingUri",
+    ),
+    Case("tracking-uri-space", {"spec.tracking": {"mlflow": {"trackingUri": "http://ml flow:5000"}}}, "trackingUri"),
+    Case("tracking-empty-experiment", {"spec.tracking": {"mlflow": {"experiment": ""}}}, "experiment"),
+    Case("tracking-experiment-newline", {"spec.tracking": {"mlflow": {"experiment": "a\nb"}}}, "experiment"),
+    Case("tracking-required-string", {"spec.tracking": {"mlflow": {"required": "yes"}}}, "required"),
+    Case("tracking-unknown-field", {"spec.tracking": {"mlflow": {"token": "s3cr3t"}}}, "token"),
+    Case("tracking-unknown-backend", {"spec.tracking": {"wandb": {}}}, "wandb"),
     Case("bad-pvc-claim", {"spec.dataset.uri": "pvc://Bad_Claim/iris.csv"}, "dataset.uri", server=False),
     Case(
         "param-object-value",

@@ -513,6 +513,32 @@ class RegisterSpec(_Model):
         return self
 
 
+# MLflow tracking: an http(s) server, no user:password@ in the URI (credentials come through spec.envFrom).
+MLFLOW_URI_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+MLFLOW_EXPERIMENT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+class MlflowTracking(_Model):
+    """An MLflow tracking server the trainer logs the run to. Credentials (MLFLOW_TRACKING_TOKEN, or
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) come through spec.envFrom, never here."""
+
+    tracking_uri: str | None = Field(default=None, min_length=8, max_length=2048, pattern=MLFLOW_URI_PATTERN)
+    """http:// or https:// address of the MLflow server, without credentials; default: the operator's
+    (KUBETRAIN_MLFLOW_TRACKING_URI)."""
+    experiment: str | None = Field(default=None, min_length=1, max_length=256, pattern=MLFLOW_EXPERIMENT_PATTERN)
+    """MLflow experiment (created when missing); default: the operator's, else spec.model."""
+    required: bool | None = Field(default=None, strict=True)
+    """Fail the run (TrackingFailed) when MLflow cannot be reached or refuses the run; default false (the
+    run succeeds with the Tracked condition False and the reason)."""
+
+
+class TrackingSpec(_Model):
+    """Experiment tracking of the run."""
+
+    mlflow: MlflowTracking | None = None
+    """Log params, metrics, tags, the dataset and a link to the model to an MLflow tracking server."""
+
+
 class TrainingRunSpec(_Model):
     """Desired state of a TrainingRun: what to train, on which data, with which resources."""
 
@@ -568,6 +594,8 @@ class TrainingRunSpec(_Model):
     """Random seed for splits, estimators and search."""
     registration: RegisterSpec = Field(default_factory=RegisterSpec, alias="register")
     """Registration as a ModelVersion."""
+    tracking: TrackingSpec | None = None
+    """Experiment tracking (MLflow); default: the operator's (KUBETRAIN_MLFLOW_TRACKING_URI)."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainingRunSpec:
@@ -715,6 +743,17 @@ class Promotion(_Model):
     """When the decision was made (RFC 3339)."""
 
 
+class TrackingStatus(_Model):
+    """Where the run is tracked (MLflow)."""
+
+    mlflow_run_id: str | None = Field(default=None, max_length=64)
+    """The MLflow run id."""
+    experiment_id: str | None = Field(default=None, max_length=64)
+    """The MLflow experiment id."""
+    url: str | None = Field(default=None, max_length=2048)
+    """The run's page in the MLflow UI."""
+
+
 class TrainingRunStatus(_Model):
     """Observed state of a TrainingRun; written by the operator only."""
 
@@ -750,6 +789,9 @@ class TrainingRunStatus(_Model):
     """The task (as inferred when the spec omits it)."""
     promotion: Promotion | None = None
     """The champion/challenger decision of spec.register.promote."""
+
+    tracking: TrackingStatus | None = None
+    """The MLflow run of this run (the Tracked condition says whether tracking worked)."""
 
 
 class TrainingRun(_Model):

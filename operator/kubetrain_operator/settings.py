@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
+from kubetrain_api.models import MLFLOW_URI_PATTERN
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -58,6 +59,14 @@ class Settings(BaseSettings):
     """Seconds after which the operator itself abandons a watch request, whatever the server does: the
     bound on a watch that went silent without being closed (0 = none, then only kopf's 70 s inactivity
     timeout). Keep it above the server timeout."""
+
+    mlflow_tracking_uri: str | None = Field(default=None, pattern=MLFLOW_URI_PATTERN, max_length=2048)
+    """MLflow server of runs whose spec.tracking.mlflow names none (http(s)://, no credentials; unset = runs
+    are tracked only when their spec says so)."""
+    mlflow_experiment: str | None = Field(default=None, min_length=1, max_length=256)
+    """MLflow experiment of runs whose spec names none (default: the run's spec.model)."""
+    mlflow_required: bool = False
+    """Runs whose spec does not say fail when MLflow cannot be used (TrackingFailed)."""
 
     @field_validator("protected_aliases", mode="before")
     @classmethod

@@ -25,7 +25,8 @@ def test_exit_codes_and_reasons_are_stable() -> None:
     assert contract.EXIT_CODE_BY_REASON["DataInvalid"] == 11
     assert contract.EXIT_CODE_BY_REASON["BelowThreshold"] == 12
     assert contract.EXIT_CODE_BY_REASON["VerifyFailed"] == 13
-    assert set(contract.TERMINAL_EXIT_CODES) == {10, 11, 12, 13}
+    assert set(contract.TERMINAL_EXIT_CODES) == {10, 11, 12, 13, 14}
+    assert contract.EXIT_CODE_BY_REASON["TrackingFailed"] == 14
     for code, reason in contract.REASON_BY_EXIT_CODE.items():
         assert contract.EXIT_CODE_BY_REASON[reason] == code
 
@@ -74,3 +75,24 @@ def test_operator_commands_parse() -> None:
         args = build_parser().parse_args(list(command[3:]))
         assert args.command == command[3]
         assert getattr(args, "config", None) is None  # everything else comes from the environment
+
+
+def test_tracking_is_the_last_field_trimmed_and_survives_a_round_trip() -> None:
+    tracking: contract.Tracking = {
+        "tracked": True,
+        "run_id": "a" * 32,
+        "url": "http://mlflow:5000/#/x",
+        "reason": "Logged",
+    }
+    big = contract.Result(
+        outcome="Succeeded",
+        reason="Trained",
+        metrics={f"metric_name_{i}": 0.5 for i in range(400)},
+        warnings=["w" * 500] * 10,
+        tracking=tracking,
+    )
+    text = big.to_json()
+    assert len(text.encode()) <= contract.RESULT_MAX_BYTES
+    back = contract.Result.from_json(text)
+    assert back.tracking == tracking
+    assert back.trimmed is not None and "metrics" in back.trimmed and "tracking" not in back.trimmed

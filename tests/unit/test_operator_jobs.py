@@ -143,7 +143,7 @@ def test_pod_failure_policy_fails_fast_on_terminal_exit_codes() -> None:
     rules = jobs.build_trainer_job(make_run(), UID, Settings())["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [10, 11, 12, 13]},
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [10, 11, 12, 13, 14]},
     }
     assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
 
@@ -287,3 +287,25 @@ def test_no_service_account_token_unless_one_is_named() -> None:
     pod = jobs.build_trainer_job(make_run(), UID, Settings())["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in pod and "envFrom" not in pod["containers"][0]
+
+
+def test_operator_mlflow_defaults_reach_the_trainer_through_the_contract() -> None:
+    plain = env_of(jobs.build_trainer_job(make_run(), UID, Settings()))
+    assert contract.ENV_MLFLOW_TRACKING_URI not in plain
+    assert plain[contract.ENV_IMAGE] == Settings().trainer_image
+    s = Settings.from_env(
+        {
+            "KUBETRAIN_MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc:5000",
+            "KUBETRAIN_MLFLOW_EXPERIMENT": "team-a",
+            "KUBETRAIN_MLFLOW_REQUIRED": "true",
+        }
+    )
+    env = env_of(jobs.build_trainer_job(make_run(), UID, s))
+    assert env[contract.ENV_MLFLOW_TRACKING_URI] == "http://mlflow.mlflow.svc:5000"
+    assert env[contract.ENV_MLFLOW_EXPERIMENT] == "team-a"
+    assert env[contract.ENV_MLFLOW_REQUIRED] == "true"
+
+
+def test_a_bad_operator_mlflow_uri_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="KUBETRAIN_MLFLOW_TRACKING_URI"):
+        Settings.from_env({"KUBETRAIN_MLFLOW_TRACKING_URI": "https://user:pw@mlflow.example.com"})

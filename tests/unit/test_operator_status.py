@@ -319,3 +319,40 @@ def test_registration_failure_is_visible_but_the_run_succeeded() -> None:
     conds = {c["type"]: c for c in s["conditions"]}
     assert s["phase"] == "Succeeded" and conds["Succeeded"]["status"] == "True"
     assert conds["Registered"]["status"] == "False" and conds["Registered"]["reason"] == "RegistrationFailed"
+
+
+def _tracked_pods(tracking: dict[str, Any], reason: str = "Trained", exit_code: int = 0) -> dict[str, Any]:
+    result = {"outcome": "Succeeded" if exit_code == 0 else "Failed", "reason": reason, "exit_code": exit_code}
+    result |= {"metrics": {"accuracy": 0.97}, "tracking": tracking}
+    phase = "Succeeded" if exit_code == 0 else "Failed"
+    return {"pods": [pod(phase, exit_code=exit_code, message=json.dumps(result))]}
+
+
+def test_tracked_run_carries_status_tracking_and_a_true_tracked_condition() -> None:
+    info = {"tracked": True, "run_id": "ab" * 16, "experiment_id": "7", "url": "http://mlflow:5000/#/x"}
+    given = {"job": job(conds=[("Complete", "")], succeeded=1), **_tracked_pods(info | {"reason": "Logged"})}
+    s = build(make_run(), given)
+    assert s["phase"] == "Succeeded"
+    assert s["tracking"] == {"mlflowRunId": "ab" * 16, "experimentId": "7", "url": "http://mlflow:5000/#/x"}
+    tracked = {c["type"]: c for c in s["conditions"]}["Tracked"]
+    assert tracked["status"] == "True" and tracked["reason"] == "Logged"
+    TrainingRunStatus.model_validate(s)  # every field is declared in the CRD's status schema
+    # the status is kept when a later reconcile has no result (the Job is gone)
+    again = st.build_status(make_run(), 3, st.observe(make_run(), None, [], NOW), s, NOW, job_name=None)
+    assert again.get("tracking") == s["tracking"]
+    assert [c for c in again["conditions"] if c["type"] == "Tracked"] == [tracked]
+
+
+def test_mlflow_down_leaves_the_run_succeeded_with_tracked_false_and_the_reason() -> None:
+    info = {"tracked": False, "reason": "MlflowUnreachable", "message": "MLflow at http://mlflow:5000 is unreachable"}
+    given = {"job": job(conds=[("Complete", "")], succeeded=1), **_tracked_pods(info)}
+    s = build(make_run(), given)
+    assert s["phase"] == "Succeeded" and "tracking" not in s
+    tracked = {c["type"]: c for c in s["conditions"]}["Tracked"]
+    assert tracked["status"] == "False" and tracked["reason"] == "MlflowUnreachable"
+    assert "unreachable" in tracked["message"]
+
+
+def test_untracked_run_has_no_tracked_condition() -> None:
+    s = build(make_run(), dict(CASES[4][1]))
+    assert "tracking" not in s and "Tracked" not in {c["type"] for c in s["conditions"]}

@@ -23,7 +23,7 @@ Result
     whole or absent, never a partial feature list.
 
 Exit codes
-    The operator maps them with a podFailurePolicy: 0 success, 1 internal error (retryable), 10..13
+    The operator maps them with a podFailurePolicy: 0 success, 1 internal error (retryable), 10..14
     terminal failures (no retry).
 """
 
@@ -72,9 +72,16 @@ EXIT_CONFIG_INVALID: Final = 10
 EXIT_DATA_INVALID: Final = 11
 EXIT_BELOW_THRESHOLD: Final = 12
 EXIT_VERIFY_FAILED: Final = 13
+EXIT_TRACKING_FAILED: Final = 14  # spec.tracking.mlflow.required and MLflow unreachable or refusing
 
 #: Exit codes after which retrying the pod cannot help (podFailurePolicy action FailJob).
-TERMINAL_EXIT_CODES: Final = (EXIT_CONFIG_INVALID, EXIT_DATA_INVALID, EXIT_BELOW_THRESHOLD, EXIT_VERIFY_FAILED)
+TERMINAL_EXIT_CODES: Final = (
+    EXIT_CONFIG_INVALID,
+    EXIT_DATA_INVALID,
+    EXIT_BELOW_THRESHOLD,
+    EXIT_VERIFY_FAILED,
+    EXIT_TRACKING_FAILED,
+)
 
 # ---- outcomes and reasons ----------------------------------------------------------------------------
 
@@ -90,6 +97,7 @@ REASON_DATA_INVALID: Final = "DataInvalid"
 REASON_BELOW_THRESHOLD: Final = "BelowThreshold"
 REASON_VERIFY_FAILED: Final = "VerifyFailed"
 REASON_INTERNAL_ERROR: Final = "InternalError"
+REASON_TRACKING_FAILED: Final = "TrackingFailed"  # required tracking could not be done
 
 EXIT_CODE_BY_REASON: Final[dict[str, int]] = {
     REASON_TRAINED: EXIT_OK,
@@ -101,6 +109,7 @@ EXIT_CODE_BY_REASON: Final[dict[str, int]] = {
     REASON_DATA_INVALID: EXIT_DATA_INVALID,
     REASON_BELOW_THRESHOLD: EXIT_BELOW_THRESHOLD,
     REASON_VERIFY_FAILED: EXIT_VERIFY_FAILED,
+    REASON_TRACKING_FAILED: EXIT_TRACKING_FAILED,
 }
 REASON_BY_EXIT_CODE: Final[dict[int, str]] = {
     EXIT_INTERNAL_ERROR: REASON_INTERNAL_ERROR,
@@ -108,6 +117,7 @@ REASON_BY_EXIT_CODE: Final[dict[int, str]] = {
     EXIT_DATA_INVALID: REASON_DATA_INVALID,
     EXIT_BELOW_THRESHOLD: REASON_BELOW_THRESHOLD,
     EXIT_VERIFY_FAILED: REASON_VERIFY_FAILED,
+    EXIT_TRACKING_FAILED: REASON_TRACKING_FAILED,
 }
 
 # ---- environment -------------------------------------------------------------------------------------
@@ -129,6 +139,11 @@ ENV_JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"  # set by Kubernetes fo
 ENV_CHAMPION_NAME: Final = "KUBETRAIN_CHAMPION_NAME"  # the champion ModelVersion's name
 ENV_CHAMPION_URI: Final = "KUBETRAIN_CHAMPION_URI"  # its artifact (pvc://, file://, s3://; file or directory)
 ENV_CHAMPION_SHA256: Final = "KUBETRAIN_CHAMPION_SHA256"  # its spec.artifact.sha256
+ENV_IMAGE: Final = "KUBETRAIN_IMAGE"  # the trainer image (an MLflow tag)
+# MLflow tracking, the operator's defaults; each field of spec.tracking.mlflow wins over its variable.
+ENV_MLFLOW_TRACKING_URI: Final = "KUBETRAIN_MLFLOW_TRACKING_URI"  # http(s):// server; unset = no tracking
+ENV_MLFLOW_EXPERIMENT: Final = "KUBETRAIN_MLFLOW_EXPERIMENT"  # experiment name; default spec.model
+ENV_MLFLOW_REQUIRED: Final = "KUBETRAIN_MLFLOW_REQUIRED"  # "true": tracking failures fail the run
 
 DEFAULT_PVC_ROOT: Final = "/mnt/kubetrain/pvc"
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
@@ -158,6 +173,7 @@ TRIM_ORDER: Final = (
     "dataset",
     "estimator",
     "metrics",
+    "tracking",
 )
 
 
@@ -201,6 +217,28 @@ class Signature(TypedDict):
     target: str | None
 
 
+TRACKING_MESSAGE_MAX: Final = 400  # a Tracking message's share of the 4 KiB result
+
+
+class Tracking(TypedDict, total=False):
+    """What became of tracking (MLflow): ``tracked`` always; ``run_id``/``experiment_id``/``url`` once
+    the MLflow run exists; ``reason`` (CamelCase) and ``message`` (at most ``TRACKING_MESSAGE_MAX``)."""
+
+    tracked: bool
+    run_id: str
+    experiment_id: str
+    url: str
+    reason: str
+    message: str
+
+
+TRACKING_REASON_LOGGED: Final = "Logged"  # params, metrics, tags, dataset and model link are in MLflow
+TRACKING_REASON_UNREACHABLE: Final = "MlflowUnreachable"  # connection refused, DNS, timeout, 5xx
+TRACKING_REASON_REFUSED: Final = "MlflowRefused"  # 401/403: credentials missing or refused
+TRACKING_REASON_ERROR: Final = "MlflowError"  # any other MLflow answer (404: not an MLflow server, ...)
+TRACKING_REASON_NOT_INSTALLED: Final = "MlflowNotInstalled"  # the image lacks the mlflow extra
+
+
 @dataclass
 class Result:
     """What a trainer invocation reports. ``None`` fields are left out of the JSON (keys = field names).
@@ -215,6 +253,7 @@ class Result:
     signature is not a valid API signature (a column name over 253 characters, more than 4096 features;
     a warning says so), or when it did not fit in ``RESULT_MAX_BYTES`` (then ``trimmed`` names it).
     ``metadata.json`` always holds the full signature.
+    ``tracking``: the run's :class:`Tracking` (absent when tracking is off).
     ``trimmed``: the fields ``to_json`` left out to fit in ``RESULT_MAX_BYTES``, in ``TRIM_ORDER``.
     ``promotion``: :class:`PromotionScores` of a run with ``spec.register.promote`` (bounded, never trimmed:
     the operator never moves an alias without it).
@@ -236,6 +275,7 @@ class Result:
     warnings: list[str] | None = field(default=None)
     signature: Signature | None = None
     promotion: PromotionScores | None = None
+    tracking: Tracking | None = None
     trimmed: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:

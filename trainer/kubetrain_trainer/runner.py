@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import contract, stages
+from . import contract, stages, tracking
 from .artifacts import check_writable
 from .config import RunConfig
 from .errors import ConfigInvalid
@@ -114,16 +114,32 @@ def train(
 ) -> contract.Result:
     """The whole run, as a result: failures become results with the facts known when they happened."""
     facts = RunFacts(estimator=cfg.spec.estimator.name, started=time.perf_counter())
+    tracker, notes = None, tracking.Notes()
     with tempfile.TemporaryDirectory(prefix="kubetrain-") as scratch_name, result_of(facts) as outcome:
         scratch = Path(scratch_name)
         ctx = RunContext(
             cfg, resolve_output(cfg, output_arg, scratch), scratch, progress, cpu_limit(), completion_index()
         )
-        outcome.result = _run(ctx, facts, validate_only)
-    return outcome.final
+        if not validate_only:
+            with facts.timed("tracking"):
+                tracker = tracking.open_run(cfg)
+            if tracker is not None:
+                tracker.check_required()  # before any training: a required MLflow that is down fails fast
+        outcome.result = _run(ctx, facts, validate_only, notes)
+    if tracker is None:
+        return outcome.final
+    started = time.perf_counter()
+    result = tracking.finish(tracker, cfg, outcome.final, notes)
+    if result.timings is not None:
+        timings = {
+            **result.timings,
+            "tracking": round(result.timings.get("tracking", 0.0) + time.perf_counter() - started, 3),
+        }
+        result = replace(result, timings=timings)
+    return result
 
 
-def _run(ctx: RunContext, facts: RunFacts, validate_only: bool) -> contract.Result:
+def _run(ctx: RunContext, facts: RunFacts, validate_only: bool, notes: tracking.Notes) -> contract.Result:
     from threadpoolctl import threadpool_limits
 
     if not validate_only and ctx.outputs.upload_to is None:
@@ -139,11 +155,12 @@ def _run(ctx: RunContext, facts: RunFacts, validate_only: bool) -> contract.Resu
         ctx.progress("done", 100)
         return facts.result(contract.REASON_VALID, f"config and data are valid ({plan.task}, {len(prepared.X)} rows)")
     with threadpool_limits(limits=ctx.n_jobs):
-        fitted = _fit_and_evaluate(ctx, facts, plan, setup, data)
+        fitted = _fit_and_evaluate(ctx, facts, plan, setup, data, notes)
     if isinstance(fitted, stages.ShareScored):
         ctx.progress("done", 100)
         return facts.result(contract.REASON_TRIALS_COMPLETED, fitted.message)
     pipeline, evaluation = fitted.pipeline, fitted.evaluation
+    notes.model_params = stages.json_params(pipeline.named_steps["model"].get_params(deep=False))
     stages.gate(ctx.cfg, evaluation)
     if ctx.cfg.spec.registration.promote is not None:
         ctx.progress("evaluate", 85)
@@ -194,7 +211,12 @@ class Fitted:
 
 
 def _fit_and_evaluate(
-    ctx: RunContext, facts: RunFacts, plan: stages.Plan, setup: stages.Setup, data: stages.Split
+    ctx: RunContext,
+    facts: RunFacts,
+    plan: stages.Plan,
+    setup: stages.Setup,
+    data: stages.Split,
+    notes: tracking.Notes,
 ) -> Fitted | stages.ShareScored:
     """search (when asked) → fit → cross-validate → evaluate."""
     searched = None
@@ -207,6 +229,7 @@ def _fit_and_evaluate(
             return found
         searched, pipeline = found, found.pipeline
         facts.best_params = found.best_params
+        notes.trials, notes.trial_metric, notes.best_params = list(found.trials), found.metric, found.best_params
     ctx.progress("train", 45)
     with facts.timed("train"):
         if searched is None or not searched.refitted:
@@ -215,7 +238,9 @@ def _fit_and_evaluate(
     if ctx.cfg.spec.evaluation.cv_folds:
         ctx.progress("evaluate", 70)
         with facts.timed("cv"):
-            cv = stages.cross_validate(ctx.cfg, plan, setup, pipeline, data)
+            notes.cv_folds = stages.cv_fold_scores(ctx.cfg, plan, setup, pipeline, data)
+            notes.cv_metric = plan.primary
+            cv = stages.cv_summary(plan, notes.cv_folds)
     ctx.progress("evaluate", 80)
     with facts.timed("evaluate"):
         evaluation = replace(stages.evaluate(plan, pipeline, data), search=searched.metrics if searched else {}, cv=cv)

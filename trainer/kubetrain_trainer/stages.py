@@ -297,6 +297,8 @@ class Searched:
     best_params: dict[str, Any]  # JSON-ready, without the pipeline step prefix
     metric: str
     best_score: float  # in the metric's own sign (losses positive)
+    #: every candidate scored: {"params", "mean", "std"} in the metric's own sign, candidate order
+    trials: tuple[dict[str, Any], ...] = ()
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -331,8 +333,22 @@ def search(cfg: RunConfig, plan: Plan, setup: Setup, data: Split, run_dir: Path)
     )
     searcher.fit(data.X_train, data.y_train)
     best = {k.removeprefix("model__"): v for k, v in searcher.best_params_.items()}
+    sign, res = score_sign(metric), searcher.cv_results_
+    trials = tuple(
+        {
+            "params": json_params({k.removeprefix("model__"): v for k, v in params.items()}),
+            "mean": sign * float(res["mean_test_score"][i]),
+            "std": float(res["std_test_score"][i]),
+        }
+        for i, params in enumerate(res["params"])
+    )
     return Searched(
-        searcher.best_estimator_, True, json_params(best), metric, score_sign(metric) * float(searcher.best_score_)
+        searcher.best_estimator_,
+        True,
+        json_params(best),
+        metric,
+        sign * float(searcher.best_score_),
+        trials,
     )
 
 
@@ -354,7 +370,12 @@ def _search_shared(
     metric = search_spec.scoring or plan.primary
     best_params = json_params({k.removeprefix("model__"): v for k, v in best.items()})
     pipeline = setup.pipeline.set_params(**best)
-    return Searched(pipeline, False, best_params, metric, score_sign(metric) * float(rows[0]["mean"]))
+    sign = score_sign(metric)
+    trials = tuple(
+        {"params": json_params(r["params"]), "mean": sign * float(r["mean"]), "std": float(r["std"])}
+        for r in sorted(rows, key=lambda r: r["candidate"])
+    )
+    return Searched(pipeline, False, best_params, metric, sign * float(rows[0]["mean"]), trials)
 
 
 def fit(pipeline: Any, data: Split) -> Any:
@@ -382,18 +403,32 @@ class Evaluation:
 
 def cross_validate(cfg: RunConfig, plan: Plan, setup: Setup, pipeline: Any, data: Split) -> dict[str, float]:
     """``cv_<primary>_mean``/``_std`` over ``evaluation.cvFolds`` folds of the training split ({} without)."""
+    return cv_summary(plan, cv_fold_scores(cfg, plan, setup, pipeline, data))
+
+
+def cv_fold_scores(cfg: RunConfig, plan: Plan, setup: Setup, pipeline: Any, data: Split) -> list[float]:
+    """The primary metric on each of ``evaluation.cvFolds`` folds, in the metric's own sign ([] without)."""
     from sklearn.model_selection import cross_val_score
 
     from .search import cv_splitter
 
     folds = cfg.spec.evaluation.cv_folds
     if not folds:
-        return {}
+        return []
     cv = cv_splitter(plan.task, folds, cfg.spec.seed)
     scores = cross_val_score(pipeline, data.X_train, data.y_train, scoring=setup.cv_scoring, cv=cv, n_jobs=1)
+    return [score_sign(plan.primary) * float(s) for s in scores]
+
+
+def cv_summary(plan: Plan, scores: list[float]) -> dict[str, float]:
+    """``cv_<primary>_mean``/``_std`` of the fold scores ({} without folds)."""
+    if not scores:
+        return {}
+    import numpy as np
+
     return {
-        f"cv_{plan.primary}_mean": round(score_sign(plan.primary) * float(scores.mean()), 6),
-        f"cv_{plan.primary}_std": round(float(scores.std()), 6),
+        f"cv_{plan.primary}_mean": round(float(np.mean(scores)), 6),
+        f"cv_{plan.primary}_std": round(float(np.std(scores)), 6),
     }
 
 

@@ -106,7 +106,9 @@ def trainer_env(
             "valueFrom": {"resourceFieldRef": {"containerName": TRAINER_CONTAINER, "resource": "limits.cpu"}},
         },
         {"name": "HOME", "value": k8s.TMP_DIR},
+        {"name": contract.ENV_IMAGE, "value": run.spec.image or settings.trainer_image},
     ]
+    env.extend(tracking_env(settings))
     ds = dataset_path(run, settings)
     if ds:
         env.append({"name": contract.ENV_DATASET_PATH, "value": ds})
@@ -115,6 +117,18 @@ def trainer_env(
         env.append({"name": contract.ENV_OUTPUT_DIR, "value": out})
     if champion is not None:
         env.extend(champion.env())
+    return env
+
+
+def tracking_env(settings: Settings) -> list[dict[str, Any]]:
+    """The operator's MLflow defaults; the trainer applies spec.tracking.mlflow over them field by field."""
+    env: list[dict[str, Any]] = []
+    if settings.mlflow_tracking_uri:
+        env.append({"name": contract.ENV_MLFLOW_TRACKING_URI, "value": settings.mlflow_tracking_uri})
+    if settings.mlflow_experiment:
+        env.append({"name": contract.ENV_MLFLOW_EXPERIMENT, "value": settings.mlflow_experiment})
+    if settings.mlflow_required:
+        env.append({"name": contract.ENV_MLFLOW_REQUIRED, "value": "true"})
     return env
 
 

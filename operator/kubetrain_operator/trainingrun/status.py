@@ -10,7 +10,10 @@ Semantics
                 its TTL) again.
     conditions  JobCreated, Running, Succeeded (the summary: Unknown while in progress, True on success,
                 False with the failure reason), Registered (a ModelVersion was created). Each carries
-                observedGeneration; lastTransitionTime moves only when status flips.
+                observedGeneration; lastTransitionTime moves only when status flips. Tracked (MLflow):
+                True with reason Logged, or False with the trainer's reason (MlflowUnreachable, ...),
+                present only when the trainer reported tracking.
+    tracking    the MLflow run (mlflowRunId, experimentId, url) from the trainer's result.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ COND_JOB_CREATED = "JobCreated"
 COND_RUNNING = "Running"
 COND_SUCCEEDED = "Succeeded"
 COND_REGISTERED = "Registered"
+COND_TRACKED = "Tracked"
 
 # ---- reasons (CamelCase) ----------------------------------------------------------------------------------
 REASON_JOB_CREATED = "JobCreated"
@@ -371,6 +375,10 @@ def build_status(
     prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
     conds = _run_conditions(prev_conds, outcome, job_name, generation, now)
     conds.extend(registered_condition(prev_conds, st.get("modelVersion"), registration_error, generation, now))
+    tracking, tracked = tracking_status(outcome.result, current, prev_conds, generation, now)
+    if tracking:
+        st["tracking"] = tracking
+    conds.extend(tracked)
     st["conditions"] = conds
     return st
 
@@ -439,6 +447,27 @@ def registered_condition(
     if error:
         return [_condition(prev, COND_REGISTERED, "False", REASON_REGISTRATION_FAILED, error, gen, now)]
     return []
+
+
+def tracking_status(
+    result: contract.Result | None,
+    current: dict[str, Any],
+    prev: list[dict[str, Any]],
+    gen: int,
+    now: dt.datetime,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """status.tracking and the Tracked condition from the trainer's result; without one, what was there."""
+    info = result.tracking if result else None
+    if not isinstance(info, dict) or "tracked" not in info:
+        kept = [c for c in prev if c.get("type") == COND_TRACKED]
+        return current.get("tracking"), kept
+    fields = {"mlflowRunId": info.get("run_id"), "experimentId": info.get("experiment_id"), "url": info.get("url")}
+    tracking = {k: str(v) for k, v in fields.items() if v} or None
+    tracked = bool(info.get("tracked"))
+    reason = str(info.get("reason") or (contract.TRACKING_REASON_LOGGED if tracked else contract.TRACKING_REASON_ERROR))
+    message = str(info.get("message") or "")[:MESSAGE_MAX]
+    cond = _condition(prev, COND_TRACKED, "True" if tracked else "False", reason, message, gen, now)
+    return tracking, [cond]
 
 
 def invalid_status(generation: int, message: str, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
