@@ -92,12 +92,16 @@ def unwritable(exc: OSError, where: Path) -> ConfigInvalid | None:
 
 
 def check_writable(run_dir: Path) -> None:
-    """Fail before training when the artifacts could not be written there (read-only or foreign directory)."""
+    """Fail before training when the artifacts could not be written there (read-only or foreign directory).
+
+    Probes the nearest existing ancestor with a temporary directory and leaves nothing behind: a run that
+    fails later (bad data, ...) must not leave an empty output directory."""
     parent = run_dir.parent
+    probe_in = parent
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".kubetrain-probe-"):
-            pass
+        tempfile.TemporaryDirectory(dir=probe_in, prefix=".kubetrain-probe-").cleanup()
     except OSError as exc:
         err = unwritable(exc, parent)
         if err is None:
