@@ -181,6 +181,10 @@ def is_local_address(host: str) -> bool:
     return True
 
 
+#: how often one call honours a 429's Retry-After before the benchmark gives up
+TOO_MANY_REQUESTS_RETRIES = 60
+
+
 class Api:
     """A small async client for the admin kubeconfig (an API server on this machine only), JSON in and
     out."""
@@ -224,13 +228,20 @@ class Api:
         assert self.session is not None
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
         limit = aiohttp.ClientTimeout(total=timeout)
-        async with self.session.request(
-            method, self.server + path, json=body, params=params, headers=headers, timeout=limit
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400 and resp.status not in ok:
-                raise RuntimeError(f"{method} {path} -> {resp.status}: {text[:500]}")
-            return json.loads(text) if text and resp.content_type == "application/json" else text
+        for _ in range(TOO_MANY_REQUESTS_RETRIES):
+            async with self.session.request(
+                method, self.server + path, json=body, params=params, headers=headers, timeout=limit
+            ) as resp:
+                text = await resp.text()
+                if resp.status == 429 and 429 not in ok:
+                    # e.g. "storage is (re)initializing" just after a CRD is (re)created: the API server asks
+                    # to come back in retryAfterSeconds; a fresh cluster must not fail the benchmark.
+                    await asyncio.sleep(float(resp.headers.get("Retry-After") or 1))
+                    continue
+                if resp.status >= 400 and resp.status not in ok:
+                    raise RuntimeError(f"{method} {path} -> {resp.status}: {text[:500]}")
+                return json.loads(text) if text and resp.content_type == "application/json" else text
+        raise RuntimeError(f"{method} {path} -> 429 {TOO_MANY_REQUESTS_RETRIES} times: {text[:500]}")
 
     async def list(self, path: str, **params: str) -> dict[str, Any]:
         return dict(await self.call("GET", path, params=params))
