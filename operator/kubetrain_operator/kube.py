@@ -240,8 +240,10 @@ async def kueue_admission_message(namespace: str, job_uid: str) -> str | None:
                 _dict(i)
                 async for i in client().list(resource, namespace=namespace, labels={KUEUE_JOB_UID_LABEL: job_uid})
             ]
-        except ApiError as exc:
-            if exc.status.code == 404:
+        except Exception as exc:  # a hint only: nothing here may fail the run's reconcile
+            # An API group that is not served answers a plain-text 404, which lightkube raises as its HTTP
+            # library's HTTPStatusError (not ApiError); a refused or unreachable server gives no hint either.
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
                 continue  # this API version (or Kueue) is not served
             log.debug("cannot read Kueue Workloads in %s: %s", namespace, exc)
             return None
