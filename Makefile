@@ -7,14 +7,14 @@ BIN := $(VENV)/bin
 VENV_RECIPE := 3
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(VENV_RECIPE)) | sha256sum | cut -c1-12)
 
-.PHONY: help tools images manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick clean
+.PHONY: help tools images manifests manifests-check venv lint fmt typecheck crds crds-check test test-unit test-cluster demo cluster-up cluster-down bench bench-quick bench-cold clean
 
 help:
 	@echo "make demo      local cluster (real kubelet, needs root) + operator from the chart + iris trained"
 	@echo "make test      lint, types and every test tier (unit + real cluster)"
 	@echo "make venv      the project's virtualenv (.venv) with all extras"
 	@echo "make crds      regenerate crds/ (and the chart's copy) from the typed API"
-	@echo "make bench     trainer overhead + operator load benchmarks (long); make bench-quick: a few minutes"
+	@echo "make bench     trainer overhead + operator load benchmarks (long); make bench-quick: a few minutes; make bench-cold: cold + warm make demo"
 	@echo "make images    build the operator and trainer images (buildah, cached OCI archives)"
 
 $(STAMP): pyproject.toml
@@ -104,6 +104,10 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python bench/operator_load.py --quick $(BENCH_ARGS)
+
+# `make demo` with every cache empty, then warm (root, an idle machine, ~25 min): bench/reports/cold-start-*.md
+bench-cold:
+	bench/cold_start.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
