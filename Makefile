@@ -81,10 +81,17 @@ PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist l
 test-unit: venv
 	$(PYTEST) $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m "not cluster" tests
 
+# The shared dev cluster is started (binaries and images built when their inputs changed) before pytest, so that
+# no test's timeout and no xdist worker waiting for another's `up` covers a long first build. The tests' `cluster`
+# fixture then finds it running and stops it at the end (KUBETRAIN_KEEP_CLUSTER=1 keeps it).
+CLUSTER_UP = if [ -z "$$KUBETRAIN_TEST_KUBECONFIG" ]; then hack/dev-cluster up >/dev/null; fi
+
 test-cluster: venv tools
+	$(CLUSTER_UP)
 	$(PYTEST) $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m cluster tests
 
 test: venv tools lint typecheck
+	$(CLUSTER_UP)
 	$(PYTEST) $(PYTEST_PARALLEL) $(PYTEST_ARGS) tests
 
 cluster-up: venv tools
