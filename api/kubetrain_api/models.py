@@ -754,6 +754,90 @@ class TrackingStatus(_Model):
     """The run's page in the MLflow UI."""
 
 
+#: Bounds of ``EvaluationSummary`` (it travels in the trainer's 4 KiB termination message).
+SUMMARY_MAX_CLASSES = 10
+SUMMARY_MAX_FEATURES = 5
+SUMMARY_MAX_NAME = 63
+
+
+class ClassScore(_Model):
+    """Hold-out scores of one class."""
+
+    label: str = Field(max_length=SUMMARY_MAX_NAME)
+    """The class label (as text, cut to 63 characters)."""
+    precision: float | None = None
+    """Precision of the class."""
+    recall: float | None = None
+    """Recall of the class."""
+    f1: float | None = None
+    """F1 of the class."""
+    support: int = Field(ge=0)
+    """Hold-out rows of the class."""
+    roc_auc: float | None = None
+    """Area under the ROC curve (binary: of the positive class; multi-class: one-vs-rest)."""
+
+
+class FeatureScore(_Model):
+    """Permutation importance of one input column on the hold-out."""
+
+    name: str = Field(max_length=SUMMARY_MAX_NAME)
+    """Column name (cut to 63 characters)."""
+    mean: float | None = None
+    """Mean drop of the score when the column is permuted."""
+    std: float | None = None
+    """Its standard deviation over the repeats."""
+
+
+class ResidualSummary(_Model):
+    """Regression residuals (actual - predicted) on the hold-out."""
+
+    p05: float | None = None
+    """5th percentile."""
+    median: float | None = None
+    """Median."""
+    p95: float | None = None
+    """95th percentile."""
+    mean_absolute: float | None = None
+    """Mean absolute residual."""
+
+
+class AnomalySummary(_Model):
+    """Anomaly detection's contamination cut on the hold-out."""
+
+    flagged: int = Field(ge=0)
+    """Hold-out rows flagged as anomalies."""
+    flagged_fraction: float | None = None
+    """Their fraction."""
+    contamination: float | None = None
+    """The estimator's contamination (absent for "auto")."""
+    offset: float | None = None
+    """The estimator's offset_ (decision_function = score_samples - offset)."""
+
+
+class EvaluationSummary(_Model):
+    """A bounded summary of evaluation.json (next to the model, with report.html): headline per-class
+    scores, the top features and the task's key numbers."""
+
+    task: Task
+    """The task evaluated."""
+    rows: int | None = Field(default=None, ge=0)
+    """Hold-out rows the detail was computed on."""
+    classes: int | None = Field(default=None, ge=0)
+    """Number of classes (perClass lists at most 10 of them)."""
+    per_class: Annotated[list[ClassScore], Field(max_length=SUMMARY_MAX_CLASSES)] | None = None
+    """Per-class precision, recall, f1, support and ROC AUC (classification), in label order."""
+    top_features: Annotated[list[FeatureScore], Field(max_length=SUMMARY_MAX_FEATURES)] | None = None
+    """The most important input columns by permutation importance, most important first."""
+    importance_scoring: str | None = Field(default=None, max_length=64)
+    """What the permutation importance scored (accuracy, r2, ...)."""
+    residuals: ResidualSummary | None = None
+    """Residual quantiles (regression)."""
+    anomaly: AnomalySummary | None = None
+    """The contamination cut (anomaly detection)."""
+    incomplete: bool | None = None
+    """True when part of the detail could not be computed (evaluation.json's warnings say which)."""
+
+
 class TrainingRunStatus(_Model):
     """Observed state of a TrainingRun; written by the operator only."""
 
@@ -792,6 +876,12 @@ class TrainingRunStatus(_Model):
 
     tracking: TrackingStatus | None = None
     """The MLflow run of this run (the Tracked condition says whether tracking worked)."""
+
+    report: str | None = Field(default=None, max_length=2048)
+    """URI of the model report (report.html, next to the model with evaluation.json and the PNG plots);
+    absent when it could not be written (the Reported condition says why)."""
+    evaluation: EvaluationSummary | None = None
+    """Summary of the evaluation detail (evaluation.json next to the model)."""
 
 
 class TrainingRun(_Model):
@@ -1007,6 +1097,11 @@ class ModelVersionStatus(_Model):
     """Headline metric, formatted as name=value."""
     promotion: Promotion | None = None
     """The champion/challenger decision of the run that registered this version (spec.register.promote)."""
+    report: str | None = Field(default=None, max_length=2048)
+    """URI of the model report (report.html) of the run that registered this version."""
+    evaluation: EvaluationSummary | None = None
+    """Summary of the evaluation detail of the run that registered this version (evaluation.json next to
+    the model has it whole)."""
 
 
 class ModelVersion(_Model):

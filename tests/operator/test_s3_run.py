@@ -60,7 +60,13 @@ def test_s3_dataset_and_output_through_env_from(workspace: Workspace, operator: 
     model = done["status"]["model"]
     assert model["uri"] == "s3://kt-models/runs/iris-s3/model.joblib"
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="kt-models")["Contents"])
-    assert keys == ["runs/iris-s3/metadata.json", "runs/iris-s3/model.joblib", "runs/iris-s3/model.joblib.sha256"]
+    files = ["evaluation.json", "metadata.json", "model.joblib", "model.joblib.sha256", "report.html"]
+    plots = ["confusion_matrix.png", "feature_importance.png", "pr.png", "roc.png"]
+    assert keys == sorted(f"runs/iris-s3/{name}" for name in files + plots)
+    # the report lives next to the model in the bucket, and status says where
+    assert done["status"]["report"] == "s3://kt-models/runs/iris-s3/report.html"
+    page = client.get_object(Bucket="kt-models", Key="runs/iris-s3/report.html")["Body"].read().decode()
+    assert f"{done['status']['metrics']['accuracy']:.6g}" in page
     body = client.get_object(Bucket="kt-models", Key="runs/iris-s3/model.joblib")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == model["sha256"]
     mv = ws.get("modelversion", done["status"]["modelVersion"])

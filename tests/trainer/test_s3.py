@@ -114,8 +114,12 @@ def test_run_reads_s3_csv_and_uploads_the_artifacts(s3: S3, tmp_path: Path) -> N
     assert run.code == 0, (run.result, run.stderr[-2000:])
     assert run.result["reason"] == "Trained"
     prefix = "models/iris-s3/"
-    names = ["metadata.json", "model.joblib", "model.joblib.sha256"]
-    assert s3.keys(OUT_BUCKET, prefix) == [prefix + n for n in names]
+    plots = ["confusion_matrix.png", "feature_importance.png", "pr.png", "roc.png"]
+    names = ["evaluation.json", "metadata.json", "model.joblib", "model.joblib.sha256", *plots, "report.html"]
+    assert s3.keys(OUT_BUCKET, prefix) == sorted(prefix + n for n in names)
+    assert run.result["report"] == {"uri": f"s3://{OUT_BUCKET}/{prefix}report.html"}
+    assert json.loads(s3.get(OUT_BUCKET, f"{prefix}evaluation.json"))["task"] == "classification"
+    assert s3.get(OUT_BUCKET, f"{prefix}report.html").startswith(b"<!DOCTYPE html>")
 
     model = run.result["model"]
     assert model["uri"] == f"s3://{OUT_BUCKET}/{prefix}model.joblib"

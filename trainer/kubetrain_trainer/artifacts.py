@@ -123,9 +123,11 @@ def save_artifacts(
     metadata: dict[str, Any],
     model_uri: str,
     documents: Mapping[str, Any] | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> Saved:
-    """Write model.joblib, model.joblib.sha256, each of ``documents`` (file name → JSON value, e.g. a
-    later evaluation.json) and metadata.json into ``run_dir`` atomically.
+    """Write model.joblib, model.joblib.sha256, each of ``documents`` (file name → JSON value), copies of
+    ``files`` (file name → a local file, e.g. evaluation.json and the report) and metadata.json into
+    ``run_dir`` atomically.
 
     Everything is written and fsynced in a temp dir next to ``run_dir`` first. A fresh ``run_dir`` is
     one rename; an existing one (a parallel search's trials, or an earlier attempt) gets each file by
@@ -142,7 +144,7 @@ def save_artifacts(
         raise err from None
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving pods read the directory
     try:
-        saved = _write_all(tmp, pipeline, metadata, model_uri, documents or {})
+        saved = _write_all(tmp, pipeline, metadata, model_uri, documents or {}, files or {})
         _move_into_place(tmp, run_dir, saved.files)
         _fsync_dir(parent)
         return saved
@@ -152,7 +154,12 @@ def save_artifacts(
 
 
 def _write_all(
-    tmp: Path, pipeline: Any, metadata: dict[str, Any], model_uri: str, documents: Mapping[str, Any]
+    tmp: Path,
+    pipeline: Any,
+    metadata: dict[str, Any],
+    model_uri: str,
+    documents: Mapping[str, Any],
+    files: Mapping[str, Path],
 ) -> Saved:
     import joblib
 
@@ -163,16 +170,19 @@ def _write_all(
     (tmp / contract.CHECKSUM_FILE).write_text(f"{digest}  {contract.MODEL_FILE}\n")
     ref = {"uri": model_uri, "sha256": digest, "size": model_path.stat().st_size, "format": contract.MODEL_FORMAT}
     reserved = {contract.MODEL_FILE, contract.CHECKSUM_FILE, contract.METADATA_FILE}
+    for name in (*documents, *files):
+        if name in reserved or "/" in name or (name in documents and name in files):
+            raise ValueError(f"artifact file name {name!r} is reserved, repeated or not a plain file name")
     for name, doc in documents.items():
-        if name in reserved or "/" in name:
-            raise ValueError(f"artifact document name {name!r} is reserved or not a plain file name")
         _write_json(tmp / name, doc)
+    for name, source in files.items():
+        shutil.copyfile(source, tmp / name)
     _write_json(tmp / contract.METADATA_FILE, {**metadata, "model": ref})
-    files = (contract.MODEL_FILE, contract.CHECKSUM_FILE, *documents, contract.METADATA_FILE)
-    for name in files[1:]:
+    written = (contract.MODEL_FILE, contract.CHECKSUM_FILE, *documents, *files, contract.METADATA_FILE)
+    for name in written[1:]:
         _fsync_file(tmp / name)
     _fsync_dir(tmp)
-    return Saved(ref, files)
+    return Saved(ref, written)
 
 
 def _move_into_place(tmp: Path, run_dir: Path, files: tuple[str, ...]) -> None:

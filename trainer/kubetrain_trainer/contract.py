@@ -154,6 +154,11 @@ DEFAULT_TRIALS_TIMEOUT_SECONDS: Final = 3600
 MODEL_FILE: Final = "model.joblib"
 CHECKSUM_FILE: Final = "model.joblib.sha256"  # "<hex>  model.joblib\n" (sha256sum format)
 METADATA_FILE: Final = "metadata.json"
+#: Next to the model: the evaluation detail on the hold-out (``evaluation_detail``) and the model report
+#: (``report.html`` embedding the PNG plots, which are also written as files). Never required: a run whose
+#: report cannot be rendered still succeeds, and ``Result.report`` says what is missing.
+EVALUATION_FILE: Final = "evaluation.json"
+REPORT_FILE: Final = "report.html"
 TRIALS_DIR: Final = "trials"  # <run dir>/trials/trial-<index>.json for parallel searches
 MODEL_FORMAT: Final = "joblib"
 
@@ -168,10 +173,12 @@ TRIM_ORDER: Final = (
     "timings",
     "warnings",
     "signature",
+    "evaluation",
     "versions",
     "best_params",
     "dataset",
     "estimator",
+    "report",
     "metrics",
     "tracking",
 )
@@ -217,6 +224,19 @@ class Signature(TypedDict):
     target: str | None
 
 
+#: ``ReportInfo.problems``: at most this many, each at most ``REPORT_PROBLEM_MAX`` characters.
+REPORT_PROBLEMS_MAX: Final = 3
+REPORT_PROBLEM_MAX: Final = 200
+
+
+class ReportInfo(TypedDict, total=False):
+    """``Result.report``: ``uri`` of report.html when it was written (next to the model, same scheme);
+    ``problems`` names what was not rendered or written (a plot that failed, no evaluation.json, ...)."""
+
+    uri: str
+    problems: list[str]
+
+
 TRACKING_MESSAGE_MAX: Final = 400  # a Tracking message's share of the 4 KiB result
 
 
@@ -257,6 +277,9 @@ class Result:
     ``trimmed``: the fields ``to_json`` left out to fit in ``RESULT_MAX_BYTES``, in ``TRIM_ORDER``.
     ``promotion``: :class:`PromotionScores` of a run with ``spec.register.promote`` (bounded, never trimmed:
     the operator never moves an alias without it).
+    ``evaluation``: the bounded summary of evaluation.json, valid for
+    ``kubetrain_api.models.EvaluationSummary`` (the ModelVersion's ``status.evaluation``); evaluation.json
+    next to the model holds the whole detail. ``report``: the :class:`ReportInfo`.
     """
 
     outcome: str
@@ -276,6 +299,8 @@ class Result:
     signature: Signature | None = None
     promotion: PromotionScores | None = None
     tracking: Tracking | None = None
+    evaluation: dict[str, Any] | None = None
+    report: ReportInfo | None = None
     trimmed: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:

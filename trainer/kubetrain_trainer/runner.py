@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import contract, stages, tracking
+from . import contract, reporting, stages, tracking
 from .artifacts import check_writable
 from .config import RunConfig
 from .errors import ConfigInvalid
@@ -169,16 +169,51 @@ def _run(ctx: RunContext, facts: RunFacts, validate_only: bool, notes: tracking.
             facts.promotion = stages.challenge(ctx.cfg, plan, evaluation, data, champion, ctx.scratch)
     trained = stages.Trained(pipeline, plan, prepared, evaluation, dataset, facts.best_params)
     ctx.progress("save", 90)
+    with facts.timed("report"), threadpool_limits(limits=ctx.n_jobs):
+        described = _describe(ctx, trained, data, notes)
     with facts.timed("save"):
         meta = stages.metadata(ctx.cfg, trained, facts.rounded_timings())
         out = ctx.outputs
-        saved = stages.save(out.run_dir, out.model_uri, out.upload_to, pipeline, meta)
+        saved = stages.save(out.run_dir, out.model_uri, out.upload_to, pipeline, meta, described.files)
     facts.model = saved.model
     ctx.progress("done", 100)
     metrics = evaluation.metrics
     headline = f"{plan.primary}={metrics[plan.primary]:.4g}" if plan.primary in metrics else ""
     name = ctx.cfg.spec.estimator.name
-    return facts.result(contract.REASON_TRAINED, f"trained {name} ({plan.task}) {headline}".strip())
+    result = facts.result(contract.REASON_TRAINED, f"trained {name} ({plan.task}) {headline}".strip())
+    return replace(result, evaluation=described.summary, report=described.report_info(out.model_uri))
+
+
+def _describe(
+    ctx: RunContext, trained: stages.Trained, data: stages.Split, notes: tracking.Notes
+) -> reporting.Described:
+    """evaluation.json, the plots and report.html of the trained model (never raises: see ``reporting``)."""
+    from .artifacts import library_versions
+
+    cfg = ctx.cfg
+    lineage = {
+        "trainingRun": f"{cfg.namespace}/{cfg.name}" if cfg.namespace else cfg.name,
+        "uid": cfg.uid,
+        "model": cfg.spec.model,
+        "estimator": cfg.spec.estimator.name,
+        "image": os.environ.get(contract.ENV_IMAGE),
+        "modelUri": ctx.outputs.model_uri,
+        "seed": cfg.spec.seed,
+    }
+    return reporting.describe(
+        trained.pipeline,
+        data.X_test,
+        data.y_test,
+        trained.plan.task,
+        ctx.scratch / "report",
+        seed=cfg.spec.seed,
+        title=f"{cfg.spec.model}: {cfg.name}",
+        params=notes.model_params,
+        metrics=trained.evaluation.metrics,
+        dataset=trained.dataset.to_dict(),
+        library_versions=library_versions(),
+        lineage={k: v for k, v in lineage.items() if v is not None},
+    )
 
 
 def _load_and_prepare(ctx: RunContext, facts: RunFacts) -> tuple[Prepared, stages.DatasetInfo]:

@@ -568,9 +568,17 @@ def metadata(cfg: RunConfig, trained: Trained, timings: Mapping[str, float]) -> 
     }
 
 
-def save(run_dir: Path, model_uri: str, upload_to: str | None, pipeline: Any, meta: dict[str, Any]) -> Saved:
-    """Write the artifacts into ``run_dir`` atomically, then upload them when the output is remote."""
-    saved = save_artifacts(run_dir, pipeline, meta, model_uri)
+def save(
+    run_dir: Path,
+    model_uri: str,
+    upload_to: str | None,
+    pipeline: Any,
+    meta: dict[str, Any],
+    files: Mapping[str, Path] | None = None,
+) -> Saved:
+    """Write the artifacts (and ``files``: evaluation.json, the report) into ``run_dir`` atomically, then
+    upload them when the output is remote."""
+    saved = save_artifacts(run_dir, pipeline, meta, model_uri, files=files)
     if upload_to:
         upload_dir(run_dir, upload_to, saved.files)
     return saved

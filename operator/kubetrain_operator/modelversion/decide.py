@@ -8,6 +8,8 @@ aliases of a model's versions are computed from one listing and never written by
   uid and its ``status.model.sha256`` equals the artifact's (the trainer hashed the file it wrote).
   Otherwise (run gone, sha differs, label copied onto a hand-made object) it is verified by a Job like a
   hand-registered one.
+* A version Ready by trusted lineage also gets ``report`` and ``evaluation`` (the summary of evaluation.json)
+  from the run's status, in the same patch.
 * Hand-registered versions: phase Verifying and one verification Job (deterministic name); the Job's
   completion arrives as a watch event of the Job (routed to its owner), never by polling.
 * A version that becomes Ready gets the aliases it wins in the same status patch; other versions follow in
@@ -152,7 +154,8 @@ def settle(v: VersionFacts, facts: ModelFacts, settings: Settings, now: str, pla
         return {}
     if trust is True:
         msg = "the trainer computed the sha256 of the file it wrote (TrainingRun status agrees)"
-        return phase_fields(v, mvs.PHASE_READY, mvs.REASON_VERIFIED_BY_TRAINER, msg, now, plan, passed=True)
+        patch = phase_fields(v, mvs.PHASE_READY, mvs.REASON_VERIFIED_BY_TRAINER, msg, now, plan, passed=True)
+        return {**patch, **mvs.report_fields(v.run)}
     return verification(v, settings, now, plan)
 
 

@@ -56,3 +56,10 @@ def serving_hint(spec: Mapping[str, Any]) -> dict[str, Any]:
 def verify_failure_reason(message: str) -> str:
     """Status reason for a failed verification, from the trainer's result message."""
     return REASON_CHECKSUM_MISMATCH if "checksum mismatch" in message.lower() else REASON_VERIFY_FAILED
+
+
+def report_fields(run: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``report`` and ``evaluation`` of a run-created version, copied from its TrainingRun's status (the
+    trainer wrote report.html and evaluation.json next to the model); {} when the run has neither."""
+    st = (run or {}).get("status") or {}
+    return {k: st[k] for k in ("report", "evaluation") if st.get(k)}

@@ -14,6 +14,10 @@ Semantics
                 True with reason Logged, or False with the trainer's reason (MlflowUnreachable, ...),
                 present only when the trainer reported tracking.
     tracking    the MLflow run (mlflowRunId, experimentId, url) from the trainer's result.
+    report      on success, the URI of report.html next to the model, and ``evaluation`` the bounded summary
+                of evaluation.json; condition Reported: True/ReportWritten, True/ReportIncomplete (a part
+                was not rendered; the message says which) or False/ReportFailed (no report.html; the run
+                still succeeded). Absent for results of trainers that write no report.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetrain_api.models import TrainingRun
+from kubetrain_api.models import EvaluationSummary, TrainingRun
 from kubetrain_api.models import primary_metric as headline_metric
 from kubetrain_trainer import contract
+from pydantic import ValidationError
 
 from .. import k8s
 from ..k8s import parse_time, status_patch
@@ -47,6 +52,7 @@ COND_RUNNING = "Running"
 COND_SUCCEEDED = "Succeeded"
 COND_REGISTERED = "Registered"
 COND_TRACKED = "Tracked"
+COND_REPORTED = "Reported"
 
 # ---- reasons (CamelCase) ----------------------------------------------------------------------------------
 REASON_JOB_CREATED = "JobCreated"
@@ -73,6 +79,9 @@ REASON_JOB_FAILED = "JobFailed"
 REASON_COMPLETED = "Completed"
 REASON_MODEL_VERSION_CREATED = "ModelVersionCreated"
 REASON_REGISTRATION_FAILED = "RegistrationFailed"
+REASON_REPORT_WRITTEN = "ReportWritten"
+REASON_REPORT_INCOMPLETE = "ReportIncomplete"
+REASON_REPORT_FAILED = "ReportFailed"
 #: Failures decided by the operator (not by the Job controller): the Job is deleted so nothing lingers.
 OPERATOR_DECIDED_FAILURES = (REASON_UNSCHEDULABLE, REASON_IMAGE_PULL_FAILED, REASON_STARTUP_DEADLINE_EXCEEDED)
 
@@ -379,8 +388,51 @@ def build_status(
     if tracking:
         st["tracking"] = tracking
     conds.extend(tracked)
+    report, evaluation, reported = report_status(outcome, current, prev_conds, generation, now)
+    if report:
+        st["report"] = report
+    if evaluation:
+        st["evaluation"] = evaluation
+    conds.extend(reported)
     st["conditions"] = conds
     return st
+
+
+def evaluation_summary(result: contract.Result | None) -> dict[str, Any] | None:
+    """The result's evaluation summary as the API's ``EvaluationSummary`` accepts it, else None."""
+    raw = result.evaluation if result else None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        summary = EvaluationSummary.model_validate(raw)
+    except ValidationError:
+        return None
+    return summary.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def report_status(
+    outcome: Outcome, current: dict[str, Any], prev: list[dict[str, Any]], gen: int, now: dt.datetime
+) -> tuple[str | None, dict[str, Any] | None, list[dict[str, Any]]]:
+    """(status.report, status.evaluation, [Reported condition]) of a succeeded run's result; else what was
+    there."""
+    result = outcome.result
+    info = result.report if result and outcome.phase == SUCCEEDED else None
+    if not isinstance(info, dict):
+        kept = [c for c in prev if c.get("type") == COND_REPORTED]
+        return current.get("report"), current.get("evaluation"), kept
+    uri = str(info["uri"])[:2048] if info.get("uri") else None
+    problems = [str(p) for p in info.get("problems") or []]
+    if result is not None and "evaluation" in (result.trimmed or []):
+        problems.append("the evaluation summary did not fit in the termination message (evaluation.json has it)")
+    if uri is None:
+        status, reason = "False", REASON_REPORT_FAILED
+        message = "; ".join(problems) or f"the trainer wrote no {contract.REPORT_FILE}"
+    elif problems:
+        status, reason, message = "True", REASON_REPORT_INCOMPLETE, f"{uri}: " + "; ".join(problems)
+    else:
+        status, reason, message = "True", REASON_REPORT_WRITTEN, uri
+    cond = _condition(prev, COND_REPORTED, status, reason, message[:MESSAGE_MAX], gen, now)
+    return uri, evaluation_summary(result), [cond]
 
 
 def _timing_fields(outcome: Outcome, current: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
