@@ -74,7 +74,7 @@ def _mv(ws: Workspace, name: str) -> dict[str, Any]:
 
 def _tracked(ws: Workspace, name: str) -> dict[str, Any] | None:
     obj = _mv(ws, name)
-    cond = next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Tracked"), None)
+    cond = next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Tracked"), None)
     return obj if cond and cond["status"] == "True" and (obj["status"].get("tracking") or {}).get("version") else None
 
 
@@ -189,9 +189,9 @@ def test_mlflow_stopped_during_a_run_then_back_mirrors_without_a_duplicate(
     name = run["status"]["modelVersion"]
 
     def down() -> dict[str, Any] | None:
-        obj = _mv(ws, name)
-        cond = next((c for c in obj["status"].get("conditions", []) if c["type"] == "Tracked"), None)
-        return cond if obj["status"].get("phase") == "Ready" and cond and cond["status"] == "False" else None
+        status = _mv(ws, name).get("status") or {}
+        cond = next((c for c in status.get("conditions", []) if c["type"] == "Tracked"), None)
+        return cond if status.get("phase") == "Ready" and cond and cond["status"] == "False" else None
 
     cond = wait_until(f"{name} Tracked=False", down, 120)
     assert cond["reason"] == "MlflowUnreachable" and url in cond["message"], cond
@@ -221,7 +221,7 @@ def test_a_wrong_uri_and_refused_credentials_give_a_clear_condition_not_a_crash_
         name = run["status"]["modelVersion"]
 
         def failed(name: str = name) -> dict[str, Any] | None:
-            conds = _mv(ws, name)["status"].get("conditions", [])
+            conds = (_mv(ws, name).get("status") or {}).get("conditions", [])
             cond = next((c for c in conds if c["type"] == "Tracked"), None)
             return cond if cond and cond["status"] == "False" else None
 
