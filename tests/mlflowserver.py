@@ -38,9 +38,10 @@ def credentials_env() -> dict[str, str]:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run ``mlflow server --app-name basic-auth``; yields its URL once /health answers."""
-    port = free_port()
+def mlflow_server(workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """Run ``mlflow server --app-name basic-auth``; yields its URL once /health answers. ``port`` and the same
+    ``workdir`` again restart a stopped server with its data (runs, registry, users)."""
+    port = port or free_port()
     url = f"http://{host}:{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     auth_ini = workdir / "basic_auth.ini"

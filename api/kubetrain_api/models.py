@@ -996,6 +996,28 @@ class Signature(_Model):
     """Task of the model."""
 
 
+class MlflowRegistry(_Model):
+    """The MLflow server whose model registry mirrors this version. Credentials come from a Secret (named
+    here, or a secretRef of spec.envFrom holding MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD), never from the spec itself."""
+
+    tracking_uri: str | None = Field(default=None, min_length=8, max_length=2048, pattern=MLFLOW_URI_PATTERN)
+    """http:// or https:// address of the MLflow server, without credentials; default: the producing run's
+    spec.tracking.mlflow.trackingUri, else the operator's (KUBETRAIN_MLFLOW_TRACKING_URI)."""
+    credentials_secret: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    """A Secret of this namespace with MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, for the mirror; default: spec.envFrom's Secrets, else the operator's."""
+    mirror: bool = Field(default=True, strict=True)
+    """Mirror this version into MLflow's model registry (false: never, even with an operator default)."""
+
+
+class ModelVersionTracking(_Model):
+    """Where the version is mirrored (MLflow's model registry)."""
+
+    mlflow: MlflowRegistry | None = None
+    """The MLflow registry mirror of this version."""
+
+
 class ModelVersionSpec(_Model):
     """A registered version of a model."""
 
@@ -1025,6 +1047,8 @@ class ModelVersionSpec(_Model):
     service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """ServiceAccount of the verification Job (e.g. for IRSA or workload identity); its token is mounted only
     when this is set. Copied from the TrainingRun for run-created versions."""
+    tracking: ModelVersionTracking | None = None
+    """The MLflow registry mirror (default: the producing run's tracking server, else the operator's)."""
 
     @field_validator("aliases")
     @classmethod
@@ -1072,6 +1096,27 @@ class ServingHint(_Model):
     """Runtime versions to check serving compatibility."""
 
 
+class ModelVersionTrackingStatus(_Model):
+    """The version's mirror in MLflow's model registry."""
+
+    tracking_uri: str | None = Field(default=None, max_length=2048)
+    """The MLflow server."""
+    registered_model: str | None = Field(default=None, max_length=256)
+    """The MLflow registered model (same name as spec.model)."""
+    version: str | None = Field(default=None, max_length=32)
+    """The MLflow model version mirroring this ModelVersion (MLflow numbers its versions itself)."""
+    url: str | None = Field(default=None, max_length=2048)
+    """The version's page in the MLflow UI."""
+    mlflow_run_id: str | None = Field(default=None, max_length=64)
+    """The MLflow run the version came from (the producing TrainingRun's status.tracking)."""
+    aliases: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=16)] = Field(default_factory=list)
+    """The aliases last set on this version in MLflow."""
+    last_sync_time: str | None = Field(default=None, max_length=64)
+    """When the mirror last matched the cluster (RFC 3339)."""
+    restored: str | None = Field(default=None, max_length=1024)
+    """The last correction of a change made in MLflow outside kubetrain (what was found, what was put back)."""
+
+
 class ModelVersionStatus(_Model):
     """Observed state of a ModelVersion; written by the operator only."""
 
@@ -1102,6 +1147,9 @@ class ModelVersionStatus(_Model):
     evaluation: EvaluationSummary | None = None
     """Summary of the evaluation detail of the run that registered this version (evaluation.json next to
     the model has it whole)."""
+
+    tracking: ModelVersionTrackingStatus | None = None
+    """The version's mirror in MLflow's model registry (the Tracked condition says whether it is in sync)."""
 
 
 class ModelVersion(_Model):

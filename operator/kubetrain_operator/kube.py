@@ -15,7 +15,7 @@ from kubetrain_api.models import GROUP, VERSION
 from lightkube import ApiError, AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
 from . import cache
@@ -228,6 +228,21 @@ async def list_model_versions(namespace: str) -> list[dict[str, Any]]:
 async def patch_model_version_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """JSON merge patch of the ModelVersion status subresource (never the spec)."""
     await patch_child("ModelVersion", namespace, name, {"status": patch})
+
+
+async def get_secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """The decoded data of a Secret (the MLflow mirror's credentials); None when it does not exist."""
+    import base64
+
+    try:
+        async with in_flight():
+            secret = await client().get(Secret, name, namespace=namespace)
+    except ApiError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    out = {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}
+    return out
 
 
 async def kueue_admission_message(namespace: str, job_uid: str) -> str | None:

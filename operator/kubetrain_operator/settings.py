@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     """MLflow experiment of runs whose spec names none (default: the run's spec.model)."""
     mlflow_required: bool = False
     """Runs whose spec does not say fail when MLflow cannot be used (TrackingFailed)."""
+    mlflow_mirror: bool = True
+    """Mirror Ready ModelVersions into the model registry of their MLflow server (the version's
+    spec.tracking.mlflow, else its run's, else KUBETRAIN_MLFLOW_TRACKING_URI)."""
+    mlflow_credentials_secret: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """``namespace/name`` of a Secret with MLFLOW_TRACKING_TOKEN (or _USERNAME and _PASSWORD) for the mirror
+    when the version names none (its spec.envFrom Secrets are tried first)."""
+    mlflow_resync_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between looks at the MLflow registry of a mirrored model: an alias changed in MLflow by hand is
+    put back within this; also the longest backoff after a failure."""
+    mlflow_timeout: float = Field(default=10.0, gt=0)
+    """Seconds the mirror waits for one MLflow request."""
 
     @field_validator("protected_aliases", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_IMAGES = REPO / "hack" / "build-images"
-HEAVY = ("sklearn", "pandas", "numpy", "scipy", "pyarrow", "joblib")
+HEAVY = ("sklearn", "pandas", "numpy", "scipy", "pyarrow", "joblib", "mlflow")
 UID = 10001
 
 _missing = [tool for tool in ("buildah", "runc") if shutil.which(tool) is None]

@@ -34,7 +34,7 @@ def test_dockerfiles_install_the_extras_these_tests_use() -> None:
     assert re.search(r'pip install .*"\.\[operator\]"', operator)
     assert re.search(r"python -c .*optional-dependencies.*\boperator >/tmp/requirements.txt", operator)
     trainer = (REPO / "Dockerfile.trainer").read_text()
-    assert "ARG EXTRAS=trainer,s3\n" in trainer and re.search(r'pip install .*"\.\[\$\{EXTRAS\}\]"', trainer)
+    assert "ARG EXTRAS=trainer,s3,mlflow\n" in trainer and re.search(r'pip install .*"\.\[\$\{EXTRAS\}\]"', trainer)
     assert re.search(r'python -c .*optional-dependencies.*"\$\{EXTRAS\}" >/tmp/requirements.txt', trainer)
     for name in ("Dockerfile.operator", "Dockerfile.trainer"):
         text = (REPO / name).read_text()

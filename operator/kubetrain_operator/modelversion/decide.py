@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from .. import k8s
 from ..engine import Child, Plan
+from ..mlflowmirror import decide as mirror_decide
 from ..settings import Settings
 from ..trainingrun import promotion
 from . import aliases, children, retention
@@ -73,12 +75,16 @@ class ModelFacts:
     namespace_versions: list[dict[str, Any]]
     """Every ModelVersion of the namespace (artifact directories shared across models)."""
     memory: Mapping[str, Any] = field(default_factory=dict)
+    mirror: mirror_decide.MirrorFacts | None = None
+    """The MLflow registry's state of the model (None: nothing of it is mirrored)."""
 
 
 @dataclass
 class ModelPlan(Plan):
     posts: list[tuple[dict[str, Any], k8s.Event]] = field(default_factory=list)
     """Events to post, each on its version."""
+    mirror: mirror_decide.MirrorPlan | None = None
+    """The MLflow registry writes of this pass (``act`` runs them after the status is written)."""
 
 
 # ---- what gather must read ------------------------------------------------------------------------------------
@@ -118,13 +124,51 @@ def decide(facts: ModelFacts, settings: Settings, now: dt.datetime) -> ModelPlan
     for name, patch in phase_patches.items():
         if patch:
             status_patches[name] = {**patch, **status_patches.get(name, {})}
+    pending_mirror = mirror_patches(facts, settings, now, status_patches, plan)
     for name, patch in sorted(status_patches.items()):
         plan.patch.append((Child("ModelVersion", facts.namespace, name), {"status": patch}))
     for v in facts.versions:
-        _finalizer(v, facts, settings, now, plan)
+        _finalizer(v, facts, settings, now, plan, pending_mirror)
     plan_retention(synthetic, settings, facts.namespace, plan)
     _label_warnings(live, facts.memory, plan)
     return plan
+
+
+def mirror_patches(
+    facts: ModelFacts,
+    settings: Settings,
+    now: dt.datetime,
+    status_patches: dict[str, dict[str, Any]],
+    plan: ModelPlan,
+) -> set[str]:
+    """The MLflow registry mirror (``mlflowmirror.decide``) of the versions as this pass leaves them:
+    status.tracking and the Tracked condition merged into ``status_patches``, the registry writes kept in
+    ``plan.mirror``. Returns the deleted versions whose mirror is still to be removed."""
+    if facts.mirror is None or not facts.mirror.targets:
+        return set()
+    objs = [_merged(v.obj, status_patches.get(v.name) or {}) for v in facts.versions]
+    mplan = mirror_decide.decide(facts.model, objs, facts.mirror, facts.memory, settings, now)
+    plan.mirror = mplan
+    plan.remember.update(mplan.remember)
+    plan.posts.extend(mplan.events)
+    if mplan.requeue is not None:
+        plan.requeue = mplan.requeue if plan.requeue is None else min(plan.requeue, mplan.requeue)
+    stamp = k8s.format_time(now)
+    for obj in objs:
+        name = obj["metadata"]["name"]
+        patch = dict(status_patches.get(name) or {})
+        if name in mplan.tracking:
+            patch["tracking"] = mplan.tracking[name]
+        if name in mplan.conditions:
+            status, reason, message = mplan.conditions[name]
+            conds = (obj.get("status") or {}).get("conditions") or []
+            gen = obj["metadata"].get("generation")
+            new = k8s.set_condition(conds, mirror_decide.COND_TRACKED, status, reason, message, gen, stamp)
+            if new != conds:
+                patch["conditions"] = new
+        if patch:
+            status_patches[name] = patch
+    return mplan.pending_delete
 
 
 def _merged(obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,8 +381,16 @@ def plan_retention(objs: list[dict[str, Any]], settings: Settings, namespace: st
         plan.delete.append(Child("ModelVersion", namespace, name))
 
 
-def _finalizer(v: VersionFacts, facts: ModelFacts, settings: Settings, now: dt.datetime, plan: ModelPlan) -> None:
-    """Add the finalizer to versions that want their artifact removed; on deletion, clean up, then release."""
+def _finalizer(
+    v: VersionFacts,
+    facts: ModelFacts,
+    settings: Settings,
+    now: dt.datetime,
+    plan: ModelPlan,
+    pending_mirror: AbstractSet[str] = frozenset(),
+) -> None:
+    """Add the finalizer to versions that want their artifact (and MLflow mirror) removed; on deletion, clean
+    up, then release."""
     finalizers = list(v.obj["metadata"].get("finalizers") or [])
     ours = k8s.FINALIZER in finalizers
     if not v.deleting:
@@ -346,7 +398,7 @@ def _finalizer(v: VersionFacts, facts: ModelFacts, settings: Settings, now: dt.d
             wanted = [*finalizers, k8s.FINALIZER] if not ours else [f for f in finalizers if f != k8s.FINALIZER]
             plan.patch.append((Child("ModelVersion", facts.namespace, v.name), {"metadata": {"finalizers": wanted}}))
         return
-    if ours and cleanup_done(v, facts, settings, now, plan):
+    if ours and cleanup_done(v, facts, settings, now, plan) and v.name not in pending_mirror:
         rest = [f for f in finalizers if f != k8s.FINALIZER]
         plan.patch.append((Child("ModelVersion", facts.namespace, v.name), {"metadata": {"finalizers": rest}}))
 

@@ -17,8 +17,9 @@ import kopf
 from kubetrain_api.models import GROUP, VERSION
 
 from .. import k8s, kube
-from ..engine import ENGINE, Plan
-from ..settings import Settings
+from ..engine import ENGINE, Again, Plan
+from ..mlflowmirror import mirror
+from ..settings import Settings, get_settings
 from . import children, decide
 from .decide import ModelFacts, ModelPlan, VersionFacts
 
@@ -49,7 +50,12 @@ class ModelVersionReconciler:
         if not mine:
             return None
         versions = [await _version_facts(namespace, obj) for obj in mine]
-        return ModelFacts(namespace, model, versions, everything, dict(memory))
+        settings = get_settings()
+        facts = ModelFacts(namespace, model, versions, everything, dict(memory))
+        if settings.mlflow_mirror:
+            runs = {v.name: await _mirror_run(namespace, v) for v in versions}
+            facts.mirror = await mirror.gather(namespace, model, mine, runs, memory, settings, now)
+        return facts
 
     def decide(self, facts: ModelFacts, settings: Settings, now: dt.datetime) -> Plan:
         return decide.decide(facts, settings, now)
@@ -61,6 +67,10 @@ class ModelVersionReconciler:
         for obj, event in plan.posts:
             log.info("%s/%s: %s %s", facts.namespace, obj["metadata"]["name"], event.reason, event.message)
             k8s.post_event(obj, event)
+        if plan.mirror is not None and plan.mirror.actions and facts.mirror is not None:
+            written = await mirror.act(plan.mirror, facts.mirror, memory, get_settings(), k8s.now())
+            if not written:  # the next pass reports it (Tracked=False) and backs off
+                raise Again("an MLflow registry write failed")
 
     def forget(self, namespace: str, model: str) -> None:
         return None
@@ -89,6 +99,16 @@ async def _version_facts(namespace: str, obj: dict[str, Any]) -> VersionFacts:
     if facts.job is not None and k8s.job_state(facts.job) == k8s.JOB_FAILED:
         facts.job_message = await _termination_message(namespace, facts.job["metadata"]["name"])
     return facts
+
+
+async def _mirror_run(namespace: str, v: VersionFacts) -> dict[str, Any] | None:
+    """The producing TrainingRun, while the version is not mirrored yet (its server and MLflow run id)."""
+    if v.run is not None or v.deleting:
+        return v.run
+    if ((v.obj.get("status") or {}).get("tracking") or {}).get("version"):
+        return None
+    ref = decide.run_ref(v.obj)
+    return await kube.get_training_run(namespace, ref[0]) if ref else None
 
 
 async def _termination_message(namespace: str, job_name: str) -> str | None:
