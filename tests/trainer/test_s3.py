@@ -114,7 +114,7 @@ def test_run_reads_s3_csv_and_uploads_the_artifacts(s3: S3, tmp_path: Path) -> N
     assert run.code == 0, (run.result, run.stderr[-2000:])
     assert run.result["reason"] == "Trained"
     prefix = "models/iris-s3/"
-    names = ["metadata.json", "model.joblib", "model.joblib.sha256"]
+    names = ["metadata.json", "model.joblib", "model.joblib.sha256", "profile.json"]
     assert s3.keys(OUT_BUCKET, prefix) == [prefix + n for n in names]
 
     model = run.result["model"]

@@ -93,7 +93,12 @@ def test_estimator_trains_on_real_data(
     assert steps[0] == "config" and steps[-1] == "done" and "train" in steps
 
     run_dir = tmp_path / "out" / "real-data"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metadata.json", "model.joblib", "model.joblib.sha256"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "metadata.json",
+        "model.joblib",
+        "model.joblib.sha256",
+        "profile.json",
+    ]
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["model"]["sha256"] == res["model"]["sha256"]
     assert (run_dir / "model.joblib.sha256").read_text().split()[0] == res["model"]["sha256"]
