@@ -873,6 +873,9 @@ class TrainingRunStatus(_Model):
     """The task (as inferred when the spec omits it)."""
     promotion: Promotion | None = None
     """The champion/challenger decision of spec.register.promote."""
+    dataset_fingerprint: str | None = Field(default=None, max_length=256)
+    """The dataset's source fingerprint as the trainer read it (method:value;size=bytes: ETag for object
+    stores and HTTPS, sha256 for files), compared by a schedule's spec.when.dataChanged."""
 
     tracking: TrackingStatus | None = None
     """The MLflow run of this run (the Tracked condition says whether tracking worked)."""
@@ -1240,6 +1243,8 @@ EVERY_TOO_SHORT_PATTERN = r"^\s*@every\s+(0+h)?(0+m)?(0*[0-9]s)?\s*$"
 TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 ConcurrencyPolicy = Literal["Allow", "Forbid", "Replace"]
 ScheduleDecision = Literal["Started", "Skipped", "Suspended", "Invalid"]
+#: Gate reasons of a tick's decision (status.lastDecision.reason).
+GATE_REASONS = ("DataUnchanged", "NoDrift", "GateFailed", "GatePending", "DataChanged", "Drifted", "NoBaseline")
 MAX_SCHEDULE_NAME = 63
 
 
@@ -1273,6 +1278,34 @@ class RunTemplate(_Model):
     """A complete TrainingRun spec, validated as one."""
 
 
+class DriftGate(_Model):
+    """Train only when the data drifted from the training data of the version holding an alias."""
+
+    threshold: float = Field(le=100, json_schema_extra={"minimum": 0, "exclusiveMinimum": True})
+    """Train when the largest per-feature population stability index (PSI) reaches this (> 0; 0.1 is a
+    moderate shift, 0.25 a large one)."""
+    against: str = Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)
+    """The alias (e.g. production) of the ModelVersion whose training-data profile the data is compared with.
+    No version holds it yet: the tick trains."""
+
+    @field_validator("threshold")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"spec.when.drift.threshold must be greater than 0, not {v}")
+        return v
+
+
+class WhenSpec(_Model):
+    """Gates of a TrainingSchedule's ticks: all that are set must pass for the tick to train."""
+
+    data_changed: bool = False
+    """Skip the tick when the dataset's fingerprint (object-store ETag and size, HTTPS ETag or Last-Modified
+    and size, sha256 of a file's bytes; computed in the trainer image) equals the last successful run's."""
+    drift: DriftGate | None = None
+    """Skip the tick unless the data drifted (PSI per feature) from the version holding ``against``."""
+
+
 class TrainingScheduleSpec(_Model):
     """When to train and what: a cron-like schedule that creates TrainingRuns from a template."""
 
@@ -1299,6 +1332,9 @@ class TrainingScheduleSpec(_Model):
     """Failed child runs to keep."""
     run_template: RunTemplate
     """The TrainingRun each tick creates."""
+    when: WhenSpec | None = None
+    """Gates checked at each tick before training (a short gate pod of the trainer image): skip the tick
+    when the data did not change, or did not drift from the training data of a registered version."""
 
     @field_validator("schedule")
     @classmethod
@@ -1314,6 +1350,51 @@ class TrainingScheduleSpec(_Model):
         return v
 
 
+class DriftFeature(_Model):
+    """One feature's PSI against the reference profile."""
+
+    feature: str = Field(max_length=253)
+    """The column."""
+    psi: float
+    """Its population stability index."""
+
+
+class GateResult(_Model):
+    """What the gate pod of a tick found (spec.when)."""
+
+    job: str | None = Field(default=None, max_length=63)
+    """The gate Job (deleted once decided)."""
+    fingerprint: str | None = Field(default=None, max_length=256)
+    """The dataset's fingerprint now (method:value;size=bytes)."""
+    previous_fingerprint: str | None = Field(default=None, max_length=256)
+    """The last successful run's dataset fingerprint (absent: no successful run records one)."""
+    previous_run: str | None = Field(default=None, max_length=253)
+    """That run."""
+    against: str | None = Field(default=None, max_length=253)
+    """The ModelVersion whose training-data profile the data was compared with."""
+    max_psi: float | None = None
+    """The largest per-feature PSI."""
+    threshold: float | None = None
+    """spec.when.drift.threshold at the time."""
+    top: Annotated[list[DriftFeature], Field(max_length=10)] = Field(default_factory=list)
+    """The features with the largest PSI, largest first."""
+    missing_features: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=20)] = Field(
+        default_factory=list
+    )
+    """Profiled features the new data lacks (not scored)."""
+
+
+class PendingGate(_Model):
+    """A tick waiting for its gate pod."""
+
+    tick: str = Field(max_length=64)
+    """The tick (RFC 3339)."""
+    job: str = Field(max_length=63)
+    """The gate Job."""
+    started: str | None = Field(default=None, max_length=64)
+    """When the gate Job was created (RFC 3339)."""
+
+
 class ScheduleDecisionStatus(_Model):
     """What the operator last decided about a tick."""
 
@@ -1321,7 +1402,8 @@ class ScheduleDecisionStatus(_Model):
     """Started, Skipped, Suspended or Invalid."""
     reason: str = Field(max_length=128)
     """CamelCase reason: Scheduled, CaughtUp, Replaced, ConcurrencyForbid, MissedDeadline, Suspended,
-    InvalidSchedule, InvalidSpec."""
+    InvalidSchedule, InvalidSpec; with spec.when: DataUnchanged, NoDrift, GateFailed, GatePending (skipped),
+    DataChanged, Drifted, NoBaseline (started)."""
     message: str = Field(default="", max_length=4096)
     """Human-readable detail."""
     tick: str | None = None
@@ -1330,6 +1412,8 @@ class ScheduleDecisionStatus(_Model):
     """The TrainingRun started for the tick."""
     time: str | None = None
     """When the decision was made (RFC 3339)."""
+    gate: GateResult | None = None
+    """What the tick's gate pod found (spec.when)."""
 
 
 class MissedTicks(_Model):
@@ -1364,6 +1448,8 @@ class TrainingScheduleStatus(_Model):
     """The last tick decision (printer column LAST-DECISION)."""
     missed: MissedTicks | None = None
     """The last time ticks were missed."""
+    gate: PendingGate | None = None
+    """A tick whose gate pod has not finished (spec.when)."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready: the schedule and template are valid and the operator schedules them."""
 

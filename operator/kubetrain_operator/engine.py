@@ -79,6 +79,21 @@ class Plan:
     """Per-object memory for the next pass (e.g. when progress was read last)."""
 
 
+class ObjectFacts:
+    """Base of a kind's facts built around its object's ``body``: the metadata and the current status, as
+    copies (a decide never mutates the body)."""
+
+    body: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.body["metadata"])
+
+    @property
+    def current(self) -> dict[str, Any]:
+        return dict(self.body.get("status") or {})
+
+
 class Reconciler(Protocol):
     """One kind, as the engine drives it."""
 
@@ -206,6 +221,17 @@ class Engine:
             if reconciler.pod_label and labels.get(reconciler.pod_label):
                 return reconciler.kind, labels[reconciler.pod_label]
         return None
+
+
+async def object_event(kind: str, type: str, namespace: str | None, name: str) -> None:
+    """A kind's own watch event: a deleted object is forgotten (its children go by garbage collection),
+    any other event is one engine pass."""
+    if not namespace:
+        return
+    if type == "DELETED":
+        ENGINE.forget(kind, namespace, name)
+        return
+    await ENGINE.trigger(kind, namespace, name)
 
 
 async def apply_children(plan: Plan) -> None:

@@ -32,7 +32,8 @@ MANAGED_BY = "kubetrain"
 COMPONENT_TRAINER = "trainer"
 COMPONENT_VERIFY = "model-verify"
 COMPONENT_CLEANUP = "model-cleanup"
-CHILD_COMPONENTS = (COMPONENT_TRAINER, COMPONENT_VERIFY, COMPONENT_CLEANUP)
+COMPONENT_GATE = "schedule-gate"  # a TrainingSchedule's gate pod (spec.when)
+CHILD_COMPONENTS = (COMPONENT_TRAINER, COMPONENT_VERIFY, COMPONENT_CLEANUP, COMPONENT_GATE)
 #: The server-side label selector of the Jobs and pods the operator watches (all its children, no others).
 OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT} in ({','.join(CHILD_COMPONENTS)})"
 

@@ -101,9 +101,11 @@ async def patch_training_run_status(namespace: str, name: str, patch: dict[str, 
     await patch_child("TrainingRun", namespace, name, {"status": patch})
 
 
-async def list_training_runs(namespace: str) -> list[dict[str, Any]]:
-    """Every TrainingRun of the namespace (a schedule's children, and the names other runs hold)."""
-    return [_dict(i) async for i in client().list(TrainingRunResource, namespace=namespace)]
+async def list_training_runs(namespace: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The namespace's TrainingRuns with ``labels`` (all without), from the API (a schedule's children)."""
+    selector: dict[str, Any] | None = dict(labels) if labels else None
+    async with in_flight():
+        return [_dict(i) async for i in client().list(TrainingRunResource, namespace=namespace, labels=selector)]
 
 
 # --- TrainingSchedule ---------------------------------------------------------------------------------------
@@ -132,6 +134,13 @@ async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
         if is_not_found(exc):
             return None
         raise
+
+
+async def list_jobs(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The namespace's Jobs with ``labels``, from the API (a schedule's gate Jobs: few, read at its passes)."""
+    selector: dict[str, Any] = dict(labels)
+    async with in_flight():
+        return [_dict(j) async for j in client().list(Job, namespace=namespace, labels=selector)]
 
 
 async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:

@@ -222,6 +222,21 @@ BAD = [
     ("every-1s", {"schedule": "@every 1s"}, "@every must be at least 10s"),
     ("unknown-zone", {"timeZone": "Mars/Olympus"}, "spec.timeZone"),
     ("bad-policy", {"concurrencyPolicy": "Sometimes"}, "spec.concurrencyPolicy"),
+    # spec.when (the gates)
+    (
+        "drift-zero-threshold",
+        {"when": {"drift": {"threshold": 0, "against": "production"}}},
+        "spec.when.drift.threshold",
+    ),
+    (
+        "drift-negative-threshold",
+        {"when": {"drift": {"threshold": -1, "against": "production"}}},
+        "spec.when.drift.threshold",
+    ),
+    ("drift-no-alias", {"when": {"drift": {"threshold": 0.2}}}, "spec.when.drift.against"),
+    ("drift-bad-alias", {"when": {"drift": {"threshold": 0.2, "against": "Prod_1"}}}, "spec.when.drift.against"),
+    ("data-changed-not-bool", {"when": {"dataChanged": "sometimes"}}, "spec.when.dataChanged"),
+    ("unknown-gate", {"when": {"dataChange": True}}, "dataChange"),
 ]
 
 

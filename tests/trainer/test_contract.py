@@ -70,7 +70,7 @@ def test_small_result_is_untouched() -> None:
 def test_operator_commands_parse() -> None:
     from kubetrain_trainer.__main__ import build_parser
 
-    for command in (contract.RUN_COMMAND, contract.VERIFY_COMMAND):
+    for command in (contract.RUN_COMMAND, contract.VERIFY_COMMAND, contract.GATE_COMMAND):
         assert command[:3] == ("python", "-m", "kubetrain_trainer")
         args = build_parser().parse_args(list(command[3:]))
         assert args.command == command[3]

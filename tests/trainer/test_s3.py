@@ -115,7 +115,15 @@ def test_run_reads_s3_csv_and_uploads_the_artifacts(s3: S3, tmp_path: Path) -> N
     assert run.result["reason"] == "Trained"
     prefix = "models/iris-s3/"
     plots = ["confusion_matrix.png", "feature_importance.png", "pr.png", "roc.png"]
-    names = ["evaluation.json", "metadata.json", "model.joblib", "model.joblib.sha256", *plots, "report.html"]
+    names = [
+        "evaluation.json",
+        "metadata.json",
+        "model.joblib",
+        "model.joblib.sha256",
+        *plots,
+        "profile.json",
+        "report.html",
+    ]
     assert s3.keys(OUT_BUCKET, prefix) == sorted(prefix + n for n in names)
     assert run.result["report"] == {"uri": f"s3://{OUT_BUCKET}/{prefix}report.html"}
     assert json.loads(s3.get(OUT_BUCKET, f"{prefix}evaluation.json"))["task"] == "classification"

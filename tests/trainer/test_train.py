@@ -94,7 +94,7 @@ def test_estimator_trains_on_real_data(
 
     run_dir = tmp_path / "out" / "real-data"
     names = {p.name for p in run_dir.iterdir()}
-    core = {"metadata.json", "model.joblib", "model.joblib.sha256", "evaluation.json", "report.html"}
+    core = {"metadata.json", "model.joblib", "model.joblib.sha256", "evaluation.json", "profile.json", "report.html"}
     assert core <= names and all(n.endswith(".png") for n in names - core), names
     assert "feature_importance.png" in names and res["report"] == {"uri": (run_dir / "report.html").as_uri()}
     meta = json.loads((run_dir / "metadata.json").read_text())

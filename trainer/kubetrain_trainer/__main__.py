@@ -1,4 +1,4 @@
-"""``python -m kubetrain_trainer {run,validate,verify}`` — see ``kubetrain_trainer.contract``."""
+"""``python -m kubetrain_trainer {run,validate,verify,gate}`` — see ``kubetrain_trainer.contract``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def cmd_run(args: argparse.Namespace, validate_only: bool = False) -> contract.R
     emit_progress("config", 0)
     cfg = read_config(args.config, getattr(args, "name", None))
     return train(cfg, getattr(args, "output", None), emit_progress, validate_only=validate_only)
+
+
+def cmd_gate(args: argparse.Namespace) -> contract.Result:
+    from .config import read_config
+    from .gate import run_gate
+
+    cfg = read_config(args.config, getattr(args, "name", None))
+    with tempfile.TemporaryDirectory(prefix="kubetrain-gate-") as scratch:
+        return run_gate(cfg, Path(scratch))
 
 
 def cmd_verify(args: argparse.Namespace) -> contract.Result:
@@ -128,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="re-check a saved model (checksum, load, smoke prediction)")
     ver.add_argument("--model", help=f"model directory or model.joblib; default ${contract.ENV_VERIFY_URI}")
     ver.add_argument("--sha256", help=f"expected sha256; default ${contract.ENV_VERIFY_SHA256} or the saved one")
+    gate = sub.add_parser(
+        "gate",
+        help="a schedule's gate: the dataset's fingerprint and, with KUBETRAIN_DRIFT_REFERENCE_*, its PSI "
+        "against that version's feature profile (never trains)",
+    )
+    gate.add_argument("--config", help=f"TrainingRun manifest or spec (YAML/JSON); default ${contract.ENV_CONFIG}")
+    gate.add_argument("--name", help="run name")
     return parser
 
 
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome.result = cmd_run(args)
         elif args.command == "validate":
             outcome.result = cmd_run(args, validate_only=True)
+        elif args.command == "gate":
+            outcome.result = cmd_gate(args)
         else:
             outcome.result = cmd_verify(args)
     return report(outcome.final)

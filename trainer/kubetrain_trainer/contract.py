@@ -39,6 +39,9 @@ from typing import Any, Final, TypedDict
 RUN_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "run")
 #: The verification Job's command for hand-registered ModelVersions (KUBETRAIN_VERIFY_URI/_SHA256).
 VERIFY_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "verify")
+#: A TrainingSchedule's gate pod (spec.when): the dataset's fingerprint and, with KUBETRAIN_DRIFT_REFERENCE_*,
+#: the PSI of the data against that version's feature profile; never trains (reason GateChecked, exit 0).
+GATE_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "gate")
 #: Local checks of config and data, no training (same exit codes; reason Valid).
 VALIDATE_COMMAND: Final = ("python", "-m", "kubetrain_trainer", "validate")
 VERIFY_MODEL_ARG: Final = "--model"  # verify: model directory or model.joblib (wins over KUBETRAIN_VERIFY_URI)
@@ -92,6 +95,7 @@ REASON_TRAINED: Final = "Trained"  # run: the model was trained, passed its thre
 REASON_VALID: Final = "Valid"  # validate: config and data are fine
 REASON_VERIFIED: Final = "Verified"  # verify: checksum, load and smoke prediction passed
 REASON_TRIALS_COMPLETED: Final = "TrialsCompleted"  # a pod with JOB_COMPLETION_INDEX > 0 wrote its share
+REASON_GATE_CHECKED: Final = "GateChecked"  # gate: fingerprint (and drift) computed; Result.gate holds them
 REASON_CONFIG_INVALID: Final = "ConfigInvalid"
 REASON_DATA_INVALID: Final = "DataInvalid"
 REASON_BELOW_THRESHOLD: Final = "BelowThreshold"
@@ -104,6 +108,7 @@ EXIT_CODE_BY_REASON: Final[dict[str, int]] = {
     REASON_VALID: EXIT_OK,
     REASON_VERIFIED: EXIT_OK,
     REASON_TRIALS_COMPLETED: EXIT_OK,
+    REASON_GATE_CHECKED: EXIT_OK,
     REASON_INTERNAL_ERROR: EXIT_INTERNAL_ERROR,
     REASON_CONFIG_INVALID: EXIT_CONFIG_INVALID,
     REASON_DATA_INVALID: EXIT_DATA_INVALID,
@@ -140,6 +145,11 @@ ENV_CHAMPION_NAME: Final = "KUBETRAIN_CHAMPION_NAME"  # the champion ModelVersio
 ENV_CHAMPION_URI: Final = "KUBETRAIN_CHAMPION_URI"  # its artifact (pvc://, file://, s3://; file or directory)
 ENV_CHAMPION_SHA256: Final = "KUBETRAIN_CHAMPION_SHA256"  # its spec.artifact.sha256
 ENV_IMAGE: Final = "KUBETRAIN_IMAGE"  # the trainer image (an MLflow tag)
+# gate: the ModelVersion holding spec.when.drift.against; its model.joblib is checked against the sha256 (the
+# profile sits next to it, listed with its own sha256 in metadata.json). Unset: no drift check.
+ENV_DRIFT_REFERENCE_NAME: Final = "KUBETRAIN_DRIFT_REFERENCE_NAME"  # the ModelVersion's name
+ENV_DRIFT_REFERENCE_URI: Final = "KUBETRAIN_DRIFT_REFERENCE_URI"  # its artifact (file or directory)
+ENV_DRIFT_REFERENCE_SHA256: Final = "KUBETRAIN_DRIFT_REFERENCE_SHA256"  # its spec.artifact.sha256
 # MLflow tracking, the operator's defaults; each field of spec.tracking.mlflow wins over its variable.
 ENV_MLFLOW_TRACKING_URI: Final = "KUBETRAIN_MLFLOW_TRACKING_URI"  # http(s):// server; unset = no tracking
 ENV_MLFLOW_EXPERIMENT: Final = "KUBETRAIN_MLFLOW_EXPERIMENT"  # experiment name; default spec.model
@@ -159,6 +169,7 @@ METADATA_FILE: Final = "metadata.json"
 #: report cannot be rendered still succeeds, and ``Result.report`` says what is missing.
 EVALUATION_FILE: Final = "evaluation.json"
 REPORT_FILE: Final = "report.html"
+PROFILE_FILE: Final = "profile.json"  # the training data's feature profile (listed with its sha256 in metadata)
 TRIALS_DIR: Final = "trials"  # <run dir>/trials/trial-<index>.json for parallel searches
 MODEL_FORMAT: Final = "joblib"
 
@@ -201,6 +212,35 @@ class PromotionScores(TypedDict, total=False):
     champion_score: float
     problem: str
 
+
+class DriftScore(TypedDict):
+    feature: str  #: column name (cut to GATE_NAME_MAX)
+    psi: float
+
+
+class DriftReport(TypedDict, total=False):
+    """``GateReport.drift``: PSI of the data against the reference version's profile."""
+
+    against: str  #: the reference ModelVersion
+    max_psi: float
+    top: list[DriftScore]  #: at most GATE_TOP_FEATURES, largest first
+    missing_features: list[str]  #: at most GATE_TOP_FEATURES
+    rows: int
+
+
+class GateReport(TypedDict, total=False):
+    """``Result.gate`` of the gate command: ``fingerprint`` always (``method:value;size=bytes``); ``drift``
+    when a reference was passed and it has a profile; ``problem`` when it has none (trained before profiles
+    were stored, or its metadata does not list one): the gate cannot tell, so the operator trains."""
+
+    fingerprint: str
+    drift: DriftReport
+    problem: str
+
+
+GATE_TOP_FEATURES: Final = 5
+GATE_NAME_MAX: Final = 120
+GATE_FINGERPRINT_MAX: Final = 256
 
 #: Longest ``PromotionScores.problem`` (the result must stay within RESULT_MAX_BYTES).
 PROMOTION_PROBLEM_MAX: Final = 300
@@ -280,6 +320,8 @@ class Result:
     ``evaluation``: the bounded summary of evaluation.json, valid for
     ``kubetrain_api.models.EvaluationSummary`` (the ModelVersion's ``status.evaluation``); evaluation.json
     next to the model holds the whole detail. ``report``: the :class:`ReportInfo`.
+    ``gate``: the :class:`GateReport` of the gate command (bounded, never trimmed).
+    ``dataset.source``: the dataset's source fingerprint (as ``GateReport.fingerprint``), for run results.
     """
 
     outcome: str
@@ -301,6 +343,7 @@ class Result:
     tracking: Tracking | None = None
     evaluation: dict[str, Any] | None = None
     report: ReportInfo | None = None
+    gate: GateReport | None = None
     trimmed: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:

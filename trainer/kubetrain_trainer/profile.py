@@ -79,6 +79,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_text(fingerprint: dict[str, Any], max_length: int = 256) -> str:
+    """``method:value;size=bytes`` of a ``source_fingerprint`` (what run status and the gate report)."""
+    size = fingerprint.get("size")
+    tail = f";size={size}" if size is not None else ""
+    head = f"{fingerprint['method']}:{fingerprint['value']}"
+    return head[: max_length - len(tail)] + tail
+
+
 def same_source(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """True only when both fingerprints exist and agree on method, value and size."""
     if not a or not b:

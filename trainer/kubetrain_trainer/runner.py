@@ -173,8 +173,12 @@ def _run(ctx: RunContext, facts: RunFacts, validate_only: bool, notes: tracking.
         described = _describe(ctx, trained, data, notes)
     with facts.timed("save"):
         meta = stages.metadata(ctx.cfg, trained, facts.rounded_timings())
+        profile, meta["profile"] = stages.profile_document(prepared)
         out = ctx.outputs
-        saved = stages.save(out.run_dir, out.model_uri, out.upload_to, pipeline, meta, described.files)
+        documents = {contract.PROFILE_FILE: profile}
+        saved = stages.save(
+            out.run_dir, out.model_uri, out.upload_to, pipeline, meta, documents=documents, files=described.files
+        )
     facts.model = saved.model
     ctx.progress("done", 100)
     metrics = evaluation.metrics
@@ -234,9 +238,22 @@ def _load_and_prepare(ctx: RunContext, facts: RunFacts) -> tuple[Prepared, stage
         if sig.problem:
             facts.warnings.append(sig.problem)
     with facts.timed("fingerprint"):
-        dataset = replace(dataset, fingerprint=stages.fingerprint(loaded))
+        dataset = replace(dataset, fingerprint=stages.fingerprint(loaded), source=_source_fingerprint(ctx, facts))
         facts.dataset = dataset.to_dict()
     return prepared, dataset
+
+
+def _source_fingerprint(ctx: RunContext, facts: RunFacts) -> str | None:
+    """The dataset location's fingerprint (what a schedule's dataChanged gate compares); a store that cannot
+    say is a warning, not a failed run."""
+    from .errors import TrainerError
+    from .gate import dataset_fingerprint
+
+    try:
+        return dataset_fingerprint(ctx.cfg)
+    except (TrainerError, OSError, ValueError) as exc:
+        facts.warnings.append(f"no dataset source fingerprint: {' '.join(str(exc).split())[:200]}")
+        return None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ class DatasetInfo:
     columns: int
     features: int
     fingerprint: str | None = None
+    source: str | None = None  # the location's fingerprint (profile.fingerprint_text), for spec.when.dataChanged
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -568,17 +569,31 @@ def metadata(cfg: RunConfig, trained: Trained, timings: Mapping[str, float]) -> 
     }
 
 
+def profile_document(prepared: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(profile.json, its metadata.json entry): the features' profile (``profile.feature_profile``) and
+    ``{"file", "sha256"}`` of exactly the bytes ``save_artifacts`` writes for it."""
+    import hashlib
+    import json
+
+    from .profile import feature_profile
+
+    doc = feature_profile(prepared.X)
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"  # artifacts._write_json's bytes
+    return doc, {"file": contract.PROFILE_FILE, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
 def save(
     run_dir: Path,
     model_uri: str,
     upload_to: str | None,
     pipeline: Any,
     meta: dict[str, Any],
+    documents: Mapping[str, Any] | None = None,
     files: Mapping[str, Path] | None = None,
 ) -> Saved:
-    """Write the artifacts (and ``files``: evaluation.json, the report) into ``run_dir`` atomically, then
-    upload them when the output is remote."""
-    saved = save_artifacts(run_dir, pipeline, meta, model_uri, files=files)
+    """Write the artifacts (and ``documents``: file name → JSON, e.g. profile.json; ``files``: evaluation.json,
+    the report) into ``run_dir`` atomically, then upload them when the output is remote."""
+    saved = save_artifacts(run_dir, pipeline, meta, model_uri, documents, files=files)
     if upload_to:
         upload_dir(run_dir, upload_to, saved.files)
     return saved

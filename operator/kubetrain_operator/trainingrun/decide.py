@@ -20,7 +20,7 @@ from kubetrain_trainer import contract
 from pydantic import ValidationError
 
 from .. import k8s
-from ..engine import Child, Plan
+from ..engine import Child, ObjectFacts, Plan
 from ..settings import Settings
 from . import children, promotion, registration, status
 
@@ -39,7 +39,7 @@ MEM_REGISTRATION_ERROR = "registration_error"
 
 
 @dataclass
-class RunFacts:
+class RunFacts(ObjectFacts):
     """What one pass knows about a run."""
 
     body: dict[str, Any]
@@ -52,14 +52,6 @@ class RunFacts:
     """The namespace's ModelVersions (only when the model is to be registered, or when the Job of a promoting
     run is to be created: the alias's holder is its champion)."""
     memory: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.body["metadata"])
-
-    @property
-    def current(self) -> dict[str, Any]:
-        return dict(self.body.get("status") or {})
 
     @property
     def generation(self) -> int:

@@ -17,7 +17,7 @@ import kopf
 from kubetrain_api.models import GROUP, VERSION
 
 from .. import k8s, kube, metrics
-from ..engine import ENGINE, Again, Plan
+from ..engine import ENGINE, Again, Plan, object_event
 from ..settings import Settings, get_settings
 from . import children, decide, status
 from .decide import RunFacts, RunPlan
@@ -31,12 +31,7 @@ _tasks: set[asyncio.Task[None]] = set()
 async def trainingrun_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
     """Trigger: any event of a TrainingRun (creation, spec change, our own status writes, the initial
     listing after a restart). Effect: one engine pass; a deleted run is forgotten (its Job goes by GC)."""
-    if not namespace:
-        return
-    if type == "DELETED":
-        ENGINE.forget(KIND, namespace, name)
-        return
-    await ENGINE.trigger(KIND, namespace, name)
+    await object_event(KIND, type, namespace, name)
 
 
 class TrainingRunReconciler:

@@ -462,6 +462,9 @@ def _result_fields(run: TrainingRun, outcome: Outcome) -> dict[str, Any]:
         st["model"] = {
             k: result.model[k] for k in ("uri", "sha256", "size", "format") if result.model.get(k) is not None
         }
+    source = (result.dataset or {}).get("source") if result else None
+    if outcome.phase == SUCCEEDED and source:
+        st["datasetFingerprint"] = str(source)[:256]  # a schedule's spec.when.dataChanged compares it
     return st
 
 
