@@ -24,7 +24,7 @@ EXPECTED_PLOTS = {
     "regression": {"residuals.png", "feature_importance.png"},
     "anomalyDetection": {"anomaly_scores.png", "feature_importance.png"},
 }
-CORE_FILES = {"model.joblib", "model.joblib.sha256", "metadata.json", "evaluation.json", "report.html"}
+CORE_FILES = {"model.joblib", "model.joblib.sha256", "metadata.json", "profile.json", "evaluation.json", "report.html"}
 
 
 def holdout(data_file: Path, metadata: dict[str, Any]) -> tuple[pd.DataFrame, pd.Series | None]:

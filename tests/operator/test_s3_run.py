@@ -60,7 +60,7 @@ def test_s3_dataset_and_output_through_env_from(workspace: Workspace, operator: 
     model = done["status"]["model"]
     assert model["uri"] == "s3://kt-models/runs/iris-s3/model.joblib"
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="kt-models")["Contents"])
-    files = ["evaluation.json", "metadata.json", "model.joblib", "model.joblib.sha256", "report.html"]
+    files = ["evaluation.json", "metadata.json", "model.joblib", "model.joblib.sha256", "profile.json", "report.html"]
     plots = ["confusion_matrix.png", "feature_importance.png", "pr.png", "roc.png"]
     assert keys == sorted(f"runs/iris-s3/{name}" for name in files + plots)
     # the report lives next to the model in the bucket, and status says where
