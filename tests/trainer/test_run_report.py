@@ -137,7 +137,12 @@ def test_an_evaluation_that_raises_leaves_the_run_succeeded_without_either(
     run, run_dir = _train(cli, data_dir, tmp_path, "iris")
     res = run.result
     assert res["reason"] == "Trained"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metadata.json", "model.joblib", "model.joblib.sha256"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "metadata.json",
+        "model.joblib",
+        "model.joblib.sha256",
+        "profile.json",
+    ]
     assert res["report"] == {"problems": ["evaluation.json not written: ValueError: cannot describe this model"]}
     assert "evaluation" not in res
 
