@@ -19,6 +19,28 @@ from . import contract
 from .errors import ConfigInvalid, VerifyFailed
 
 
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A ModelVersion's artifact as the operator passes it to the trainer: the version's name, the model's URI
+    and its sha256 (a champion for spec.register.promote, a drift gate's reference)."""
+
+    name: str
+    uri: str
+    sha256: str
+
+
+def artifact_ref_from_env(uri_var: str, sha_var: str, name_var: str, default_name: str) -> ArtifactRef | None:
+    """The reference in ``uri_var``/``sha_var``/``name_var``; None when the operator passed none. URI and sha256
+    come together: one without the other is ConfigInvalid."""
+    uri = os.environ.get(uri_var) or ""
+    sha = os.environ.get(sha_var) or ""
+    if not uri and not sha:
+        return None
+    if not uri or not sha:
+        raise ConfigInvalid(f"{uri_var} and {sha_var} come together")
+    return ArtifactRef(os.environ.get(name_var) or default_name, uri, sha)
+
+
 def library_versions() -> dict[str, str]:
     import joblib
     import numpy

@@ -17,34 +17,25 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import contract
+from .artifacts import ArtifactRef, artifact_ref_from_env
 from .config import RunConfig
 from .errors import ConfigInvalid, VerifyFailed
 
-
-@dataclass(frozen=True)
-class Reference:
-    """The ModelVersion whose training-data profile the data is compared with."""
-
-    name: str
-    uri: str
-    sha256: str
+#: The ModelVersion whose training-data profile the data is compared with.
+Reference = ArtifactRef
 
 
 def reference_from_env() -> Reference | None:
-    uri = os.environ.get(contract.ENV_DRIFT_REFERENCE_URI) or ""
-    sha = os.environ.get(contract.ENV_DRIFT_REFERENCE_SHA256) or ""
-    if not uri and not sha:
-        return None
-    if not uri or not sha:
-        raise ConfigInvalid(
-            f"{contract.ENV_DRIFT_REFERENCE_URI} and {contract.ENV_DRIFT_REFERENCE_SHA256} come together"
-        )
-    return Reference(os.environ.get(contract.ENV_DRIFT_REFERENCE_NAME) or "reference", uri, sha)
+    return artifact_ref_from_env(
+        contract.ENV_DRIFT_REFERENCE_URI,
+        contract.ENV_DRIFT_REFERENCE_SHA256,
+        contract.ENV_DRIFT_REFERENCE_NAME,
+        "reference",
+    )
 
 
 def dataset_fingerprint(cfg: RunConfig) -> str:

@@ -24,7 +24,7 @@ from kubetrain_api.models import Signature as ApiSignature
 from pydantic import ValidationError
 
 from . import contract
-from .artifacts import Saved, library_versions, save_artifacts, upload_dir
+from .artifacts import ArtifactRef, Saved, artifact_ref_from_env, library_versions, save_artifacts, upload_dir
 from .config import RunConfig
 from .errors import ConfigInvalid, DataInvalid
 from .evaluation import check_thresholds, compute_metrics, metric_names, score_champion, score_sign, scorer_for
@@ -447,24 +447,15 @@ def gate(cfg: RunConfig, evaluation: Evaluation) -> None:
 # ---- challenge (spec.register.promote) ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Champion:
-    """The ModelVersion holding the promoted alias, as the operator passed it (contract.ENV_CHAMPION_*)."""
-
-    name: str
-    uri: str
-    sha256: str
+#: The ModelVersion holding the promoted alias, as the operator passed it (contract.ENV_CHAMPION_*).
+Champion = ArtifactRef
 
 
 def champion_from_env() -> Champion | None:
     """The champion from the environment; None when the operator passed none (no version holds the alias)."""
-    uri = os.environ.get(contract.ENV_CHAMPION_URI) or ""
-    sha = os.environ.get(contract.ENV_CHAMPION_SHA256) or ""
-    if not uri and not sha:
-        return None
-    if not uri or not sha:
-        raise ConfigInvalid(f"{contract.ENV_CHAMPION_URI} and {contract.ENV_CHAMPION_SHA256} come together")
-    return Champion(os.environ.get(contract.ENV_CHAMPION_NAME) or "champion", uri, sha)
+    return artifact_ref_from_env(
+        contract.ENV_CHAMPION_URI, contract.ENV_CHAMPION_SHA256, contract.ENV_CHAMPION_NAME, "champion"
+    )
 
 
 def holdout_fingerprint(data: Split) -> str:
