@@ -8,7 +8,8 @@
 #   KUBETRAIN_CACHE (binaries, Go build dirs, image archives), KUBETRAIN_RUN_DIR (the cluster), GOCACHE and
 #   GOMODCACHE (the Go build and module caches), UV_CACHE_DIR / PIP_CACHE_DIR (wheels), and
 #   CONTAINERS_STORAGE_CONF (buildah's image store, so even the python:3.11-slim stand-in is rebuilt).
-# Then `make demo` again in the same clone (warm). Debian packages (`make tools`) are not uninstalled: on a
+# Then `make demo` again on the running cluster, and warm: `dev-cluster reset` (a new, empty cluster) and `make demo`
+# with every cache full, so the iris run trains again. Debian packages (`make tools`) are not uninstalled: on a
 # brand-new machine add their apt-get time. The machine must be otherwise idle for the figure to mean anything:
 # the load average before, during and after is recorded beside it.
 #
@@ -65,14 +66,18 @@ load_before=$(load)
 echo "cold_start: $commit, cold make demo (load before: $load_before) ..." >&2
 cold=$(run_demo cold)
 load_cold=$(load)
-echo "cold_start: cold ${cold}s; warm make demo ..." >&2
+echo "cold_start: cold ${cold}s; make demo again on the running cluster ..." >&2
+again=$(run_demo again)
+# Warm: every cache full but the cluster new (reset wipes its etcd and run dir), so the iris run trains again.
+KUBETRAIN_CACHE=$SCRATCH/cache KUBETRAIN_RUN_DIR=$SCRATCH/run "$SCRATCH/repo/hack/dev-cluster" reset >/dev/null 2>&1
+echo "cold_start: again ${again}s; warm make demo from an empty cluster ..." >&2
 warm=$(run_demo warm)
 load_after=$(load)
 KUBETRAIN_CACHE=$SCRATCH/cache KUBETRAIN_RUN_DIR=$SCRATCH/run "$SCRATCH/repo/hack/dev-cluster" down >/dev/null 2>&1 || true
 
 # The steps of the cold run, from the scripts' own progress lines ("[build-k8s + 828s] ... done").
-steps=$(grep -E '^\[(build-k8s|demo|dev-cluster) +[0-9]+s\]|^build-images: .*(built in|cached)' "$SCRATCH/cold.log" \
-    | grep -E 'done|ready|built in|cached|cluster up|helm install' | sed 's/^/    /' || true)
+steps=$(grep -E '^\[(build-k8s|demo|dev-cluster) *\+ *[0-9]+s\]|^build-images: .*(built in|cached)' "$SCRATCH/cold.log" \
+    | grep -E 'done|ready|built in|cached|project images|helm install' | sed 's/^/    /' || true)
 mmss() { printf '%d min %02d s' $(($1 / 60)) $(($1 % 60)); }
 day=$(date -u +%Y-%m-%d)
 mkdir -p "$REPORTS"
@@ -84,7 +89,8 @@ mkdir -p "$REPORTS"
     echo "| run | time | load average (1, 5, 15 min) at its end |"
     echo "|---|---|---|"
     echo "| cold (every cache empty) | **$(mmss "$cold")** | $load_cold (before: $load_before) |"
-    echo "| warm (run again) | **$(mmss "$warm")** | $load_after |"
+    echo "| warm (caches full, cluster reset: a new cluster, the iris run trained again) | **$(mmss "$warm")** | $load_after |"
+    echo "| again (cluster still running, nothing to do) | $(mmss "$again") | |"
     echo
     echo "Cold steps (seconds since each script started):"
     echo
