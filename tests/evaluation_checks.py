@@ -98,10 +98,15 @@ def check_evaluation_matches_sklearn(run_dir: Path, X_test: pd.DataFrame, y_test
     fi = doc["featureImportance"]
     assert fi["method"] == "permutation" and 1 <= len(fi["features"]) <= 20
     assert fi["nFeatures"] == X_test.shape[1]
+    from kubetrain_trainer.evaluation_detail import importance_rows
+
+    rows = importance_rows(len(X_test), fi["maxRows"], fi["seed"])
+    assert fi["rowsUsed"] == (len(X_test) if rows is None else fi["maxRows"]) and fi["sampled"] == (rows is not None)
     if task != "anomalyDetection":  # the unsupervised anomaly scorer is the trainer's own
         scoring = {"classification": "accuracy", "regression": "r2"}[task]
+        X_fi, y_fi = (X_test, y_test) if rows is None else (X_test.iloc[rows], y_test.iloc[rows])  # type: ignore[union-attr]
         ours = permutation_importance(
-            model, X_test, y_test, scoring=scoring, n_repeats=fi["nRepeats"], random_state=fi["seed"]
+            model, X_fi, y_fi, scoring=scoring, n_repeats=fi["nRepeats"], random_state=fi["seed"]
         )
         by_name = dict(zip(X_test.columns, ours.importances_mean, strict=True))
         for f in fi["features"]:

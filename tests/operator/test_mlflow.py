@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def test_a_tracked_search_run_and_its_model_version_are_in_mlflow_and_aliases_fo
     tracked = next(c for c in run["status"]["conditions"] if c["type"] == "Tracked")
     assert tracked["status"] == "True", tracked
     run_id = run["status"]["tracking"]["mlflowRunId"]
+    experiment_id = run["status"]["tracking"]["experimentId"]
+    assert run["status"]["tracking"]["url"] == f"{mlflow_url}/#/experiments/{experiment_id}/runs/{run_id}"
 
     # The run: params, metrics equal to status.metrics, tags, the dataset digest; one child per trial.
     got = rest(mlflow_url, "runs/get", run_id=run_id)["run"]
@@ -200,6 +203,73 @@ def test_mlflow_stopped_during_a_run_then_back_mirrors_without_a_duplicate(
         versions = _versions(url, "outage-iris")
         assert [v["version"] for v in versions] == [mv["status"]["tracking"]["version"]]
         assert _aliases(url, "outage-iris") == {"candidate": mv["status"]["tracking"]["version"]}
+    assert operator.proc is not None and operator.proc.poll() is None  # no crash loop
+
+
+# A search of some tens of seconds on one CPU (20 candidates x 3 folds of up to 300 trees): long enough to see
+# the MLflow run appear and stop the server while the trainer is still training.
+LONG_SEARCH = {
+    "strategy": "grid",
+    "space": {"n_estimators": [100, 200, 300, 250], "max_depth": [2, 3, 4, 5, None]},
+    "cv": 3,
+}
+
+
+def test_mlflow_stopped_mid_training_the_run_succeeds_untracked_and_the_mirror_catches_up_once(
+    cluster: Cluster, workspace: Workspace, operator_factory: Any, tmp_path: Path
+) -> None:
+    """The trainer opens its MLflow run (tags logged) before training; the server goes away while the
+    search trains, so everything logged at the end fails: Succeeded, Tracked=False with the reason, the MLflow
+    run id kept; once MLflow is back the ModelVersion is mirrored exactly once, linked to that run."""
+    ws = workspace
+    _secret(ws)
+    port, workdir = free_port(), tmp_path / "mlflow"
+    operator = _start(operator_factory)
+    with mlflow_server(workdir, host=cluster.host_ip, port=port) as url:
+        ws.apply(_tracked_run("midway", "midway-iris", url, search=LONG_SEARCH))
+
+        def opened() -> dict[str, Any] | None:
+            try:
+                exp = rest(url, "experiments/get-by-name", experiment_name="midway-iris-exp")["experiment"]
+            except Exception:  # the experiment does not exist yet
+                return None
+            runs = rest(url, "runs/search", {"experiment_ids": [exp["experiment_id"]]}).get("runs") or []
+            return runs[0] if runs else None
+
+        seen = wait_until("the trainer's MLflow run", opened, 300, interval=0.3)
+        phase = (ws.run("midway").get("status") or {}).get("phase")
+        tags = {t["key"]: t["value"] for t in seen["data"].get("tags") or []}
+        assert seen["info"]["status"] == "RUNNING" and tags["kubetrain.run.name"] == "midway", seen
+    # The server is stopped here, while the trainer trains (nothing else is logged before training ends).
+    # (the MLflow run exists, so the trainer was past its start; not finished, so it had not logged the rest)
+    assert phase not in ("Succeeded", "Failed"), f"the run was {phase} when MLflow stopped: not mid-training"
+    run = ws.wait_phase("midway", ("Succeeded", "Failed"), timeout=600)
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    tracked = next(c for c in run["status"]["conditions"] if c["type"] == "Tracked")
+    assert (tracked["status"], tracked["reason"]) == ("False", "MlflowUnreachable"), tracked
+    assert url in tracked["message"], tracked
+    run_id = seen["info"]["run_id"]
+    assert run["status"]["tracking"]["mlflowRunId"] == run_id, run["status"]["tracking"]
+    name = run["status"]["modelVersion"]
+
+    def down() -> dict[str, Any] | None:
+        status = _mv(ws, name).get("status") or {}
+        cond = next((c for c in status.get("conditions", []) if c["type"] == "Tracked"), None)
+        return cond if status.get("phase") == "Ready" and cond and cond["status"] == "False" else None
+
+    cond = wait_until(f"{name} Tracked=False", down, 120)
+    assert cond["reason"] == "MlflowUnreachable", cond
+    with mlflow_server(workdir, host=cluster.host_ip, port=port):
+        mv = wait_until(f"{name} mirrored after MLflow returned", lambda: _tracked(ws, name), 3 * float(RESYNC) + 60)
+        version = mv["status"]["tracking"]["version"]
+        assert [v["version"] for v in _versions(url, "midway-iris")] == [version]
+        mlflow_mv = rest(url, "model-versions/get", name="midway-iris", version=version)["model_version"]
+        assert mlflow_mv["run_id"] == run_id and mlflow_mv["source"] == mv["spec"]["artifact"]["uri"]
+        # Several resyncs later still one version: the mirror found its own by uid, never made a second.
+        time.sleep(3 * float(RESYNC))
+        assert [v["version"] for v in _versions(url, "midway-iris")] == [version]
+        # The half-logged run stays as the trainer left it: opened, never finished (its end could not be sent).
+        assert rest(url, "runs/get", run_id=run_id)["run"]["info"]["status"] == "RUNNING"
     assert operator.proc is not None and operator.proc.poll() is None  # no crash loop
 
 

@@ -258,6 +258,8 @@ def test_bad_schedules_are_refused_by_the_api_server(
         ("task", "regression", "spec.runTemplate.spec.evaluation.thresholds"),
         ("dataset.uri", "ftp://x/y.csv", "spec.runTemplate.spec.dataset.uri"),
         ("model", None, "spec.runTemplate.spec.model"),
+        # a promote metric the template's task does not compute (r2 of a classification)
+        ("register.promote", {"alias": "production", "metric": "r2"}, "spec.runTemplate.spec.register.promote.metric"),
     ],
 )
 def test_a_template_that_is_not_a_valid_trainingrun_spec_is_refused(

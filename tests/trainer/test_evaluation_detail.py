@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from kubetrain_trainer import evaluation_detail as ed
 from sklearn import metrics as skm
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_iris, load_wine, make_classification
 from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomForestRegressor
@@ -226,3 +227,58 @@ def test_summary_for_the_status() -> None:
     model, Xte, yte, task = fitted("iris")
     s = ed.summary(ed.evaluation_detail(model, Xte, yte, task, n_repeats=2))
     assert s["task"] == "classification" and len(s["topFeatures"]) == 3 and set(s["rocAuc"]) == {"0", "1", "2"}
+
+
+class _CountingModel(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A fitted classifier that records how many rows each predict call saw."""
+
+    def __init__(self, model: Any = None) -> None:
+        self.model = model
+        self.rows_seen: list[int] = []
+        if model is not None:
+            self.classes_ = model.classes_
+
+    def fit(self, X: Any, y: Any) -> _CountingModel:
+        return self
+
+    def predict(self, X: Any) -> Any:
+        self.rows_seen.append(len(X))
+        return self.model.predict(X)
+
+
+def test_permutation_importance_on_a_large_holdout_is_capped_and_still_ranks_the_signal_first() -> None:
+    rng = np.random.default_rng(3)
+    n = 60_000
+    X = pd.DataFrame({f"noise{i}": rng.normal(size=n) for i in range(4)})
+    X.insert(2, "signal", rng.normal(size=n))
+    y = pd.Series((X["signal"] + 0.3 * rng.normal(size=n) > 0).astype(int), name="y")
+    model = _CountingModel(LogisticRegression().fit(X.iloc[:5000], y.iloc[:5000]))
+    fi = ed.permutation_detail(model, X, y, ed.CLASSIFICATION, n_repeats=3, seed=11)
+    # the cap and the rows used are recorded; every prediction saw at most the cap, never the hold-out
+    assert (fi["maxRows"], fi["rowsUsed"], fi["sampled"]) == (ed.MAX_IMPORTANCE_ROWS, ed.MAX_IMPORTANCE_ROWS, True)
+    assert model.rows_seen and max(model.rows_seen) == ed.MAX_IMPORTANCE_ROWS
+    assert sum(model.rows_seen) <= (1 + 5 * 3) * ed.MAX_IMPORTANCE_ROWS
+    # the informative feature still ranks first, far above the noise
+    assert fi["features"][0]["name"] == "signal" and fi["features"][0]["mean"] > 0.2
+    assert all(abs(f["mean"]) < 0.02 for f in fi["features"][1:]), fi["features"]
+    # the sample is the seeded one (sklearn's numbers on exactly those rows), and the same seed gives the same
+    rows = ed.importance_rows(n, ed.MAX_IMPORTANCE_ROWS, 11)
+    assert rows is not None and len(set(rows.tolist())) == ed.MAX_IMPORTANCE_ROWS
+    ref = permutation_importance(
+        model.model, X.iloc[rows], y.iloc[rows], scoring="accuracy", n_repeats=3, random_state=11
+    )
+    assert fi["features"][0]["mean"] == pytest.approx(float(ref.importances_mean[2]))
+    assert ed.permutation_detail(model, X, y, ed.CLASSIFICATION, n_repeats=3, seed=11) == fi
+    # a smaller cap through evaluation_detail is recorded the same way
+    doc = ed.evaluation_detail(model.model, X.iloc[:3000], y.iloc[:3000], ed.CLASSIFICATION, max_importance_rows=500)
+    assert (doc["featureImportance"]["rowsUsed"], doc["featureImportance"]["maxRows"]) == (500, 500)
+    assert doc["nTest"] == 3000 and sum(sum(r) for r in doc["classification"]["confusionMatrix"]["matrix"]) == 3000
+
+
+def test_a_holdout_within_the_cap_is_scored_whole() -> None:
+    model, Xte, yte, task = fitted("wine")
+    fi = ed.permutation_detail(model, Xte, yte, task, n_repeats=2)
+    assert (fi["rowsUsed"], fi["sampled"]) == (len(Xte), False)
+    assert ed.importance_rows(len(Xte), len(Xte), 0) is None
+    with pytest.raises(ValueError, match="max_rows must be at least 1"):
+        ed.importance_rows(10, 0, 0)

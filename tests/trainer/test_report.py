@@ -95,6 +95,17 @@ def test_report_plots_are_valid_pngs_and_the_html_embeds_them(kind: str, tmp_pat
     assert not re.search(r'(src|href)="(https?:)?//', page), "report.html must be self-contained"
     for value in metrics.values():
         assert f"{value:.6g}" in page
+    # the params, the dataset's fingerprint, the library versions and the lineage, each in its own table
+    for css_id, cell in (
+        ("params", '<td>n_estimators</td><td class="num">50</td>'),
+        ("dataset", "<td>fingerprint</td><td>sha256:abc123</td>"),
+        ("dataset", f"<td>uri</td><td>pvc://data/{kind}.csv</td>"),
+        ("versions", "<td>scikit-learn</td><td>1.x</td>"),
+        ("lineage", f"<td>trainingRun</td><td>{kind}</td>"),
+        ("lineage", "<td>image</td><td>trainer:dev</td>"),
+    ):
+        table = re.search(rf'<table id="{css_id}">(.*?)</table>', page, re.S)
+        assert table and cell in table.group(1), (css_id, cell, table and table.group(1)[:500])
 
 
 @pytest.mark.parametrize("kind", ["iris", "diabetes", "log-anomaly"])

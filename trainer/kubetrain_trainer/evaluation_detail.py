@@ -12,7 +12,9 @@ hold-out ``X_test``/``y_test`` and the task it returns
   contamination cut (the estimator's ``offset_``, its contamination, how many points it flags; with labels,
   how the flags meet them);
 * for every estimator, permutation feature importance on the hold-out (top ``top_features`` input columns
-  by mean drop of the score, with the standard deviation over repeats).
+  by mean drop of the score, with the standard deviation over repeats). Its cost is rows x features x
+  repeats predictions, so a hold-out larger than ``max_importance_rows`` is scored on a seeded sample of
+  that many rows (``importance_rows``); the cap and the rows used are in the document.
 
 Nothing here raises on a model it cannot fully describe: a part that cannot be computed is left out and
 named in ``warnings``.
@@ -36,6 +38,9 @@ TASKS = (CLASSIFICATION, REGRESSION, ANOMALY)
 SCHEMA_VERSION = 1
 MAX_POINTS = 200
 TOP_FEATURES = 20
+#: Rows of the hold-out permutation importance scores at most (a seeded sample beyond): its cost is
+#: rows x features x repeats predictions, minutes on a large hold-out for something that ranks features.
+MAX_IMPORTANCE_ROWS = 2000
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_BINS = 30
 
@@ -293,6 +298,20 @@ def feature_names(X: Any) -> list[str]:
     return [f"x{i}" for i in range(np.asarray(X).shape[1])]
 
 
+def importance_rows(n_rows: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """The sorted positions of the hold-out rows permutation importance scores: None (all of them) when
+    there are at most ``max_rows``, else a sample of ``max_rows`` without replacement drawn with ``seed``."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+    if n_rows <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_rows, replace=False))
+
+
+def _rows(data: Any, positions: np.ndarray) -> Any:
+    return data.iloc[positions] if hasattr(data, "iloc") else np.asarray(data)[positions]
+
+
 def permutation_detail(
     model: Any,
     X: Any,
@@ -303,8 +322,14 @@ def permutation_detail(
     n_repeats: int = 5,
     seed: int = 0,
     top: int = TOP_FEATURES,
+    max_rows: int = MAX_IMPORTANCE_ROWS,
 ) -> dict[str, Any]:
     has_labels = y is not None
+    n_rows = len(X)
+    positions = importance_rows(n_rows, max_rows, seed)
+    if positions is not None:
+        X = _rows(X, positions)
+        y = _rows(y, positions) if has_labels else None
     default, scoring_name = default_scoring(task, has_labels)
     if scoring is not None:
         scoring_name = scoring if isinstance(scoring, str) else getattr(scoring, "__name__", "custom")
@@ -319,6 +344,9 @@ def permutation_detail(
         "nRepeats": n_repeats,
         "seed": seed,
         "nFeatures": len(names),
+        "maxRows": max_rows,
+        "rowsUsed": len(X),
+        "sampled": positions is not None,
         "features": [
             {"name": names[i], "mean": _num(result.importances_mean[i]), "std": _num(result.importances_std[i])}
             for i in order[:top]
@@ -341,6 +369,7 @@ def evaluation_detail(
     max_points: int = MAX_POINTS,
     top_features: int = TOP_FEATURES,
     importance: bool = True,
+    max_importance_rows: int = MAX_IMPORTANCE_ROWS,
 ) -> dict[str, Any]:
     """The evaluation detail of ``model`` on the hold-out (see the module doc). ``y_test`` may be None only
     for anomaly detection without labels. Raises ValueError only for an unknown task or missing labels."""
@@ -364,7 +393,15 @@ def evaluation_detail(
     if importance:
         try:
             doc["featureImportance"] = permutation_detail(
-                model, X_test, y_test, task, scoring=scoring, n_repeats=n_repeats, seed=seed, top=top_features
+                model,
+                X_test,
+                y_test,
+                task,
+                scoring=scoring,
+                n_repeats=n_repeats,
+                seed=seed,
+                top=top_features,
+                max_rows=max_importance_rows,
             )
         except Exception as exc:
             warnings.append(

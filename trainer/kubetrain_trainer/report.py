@@ -306,7 +306,13 @@ def render_html(
         sections += [
             f"<h2>Feature importance</h2><p>Permutation importance on the hold-out, scored by "
             f"{e(str(fi.get('scoring')))}, {e(str(fi.get('nRepeats')))} repeats (top {len(fi['features'])} of "
-            f"{e(str(fi.get('nFeatures')))}).</p>",
+            f"{e(str(fi.get('nFeatures')))})"
+            + (
+                f", on a seeded sample of {e(str(fi.get('rowsUsed')))} hold-out rows (cap {e(str(fi.get('maxRows')))})"
+                if fi.get("sampled")
+                else ""
+            )
+            + ".</p>",
             _table(
                 [(f["name"], f["mean"], f["std"]) for f in fi["features"]], ("feature", "mean", "std"), "importance"
             ),
