@@ -73,6 +73,13 @@ def _mv(ws: Workspace, name: str) -> dict[str, Any]:
     return dict(ws.get("mv", name))
 
 
+def _ready_untracked(ws: Workspace, name: str) -> dict[str, Any] | None:
+    """The version's Tracked condition once it is Ready and Tracked=False; None before."""
+    status = _mv(ws, name).get("status") or {}
+    cond = next((c for c in status.get("conditions", []) if c["type"] == "Tracked"), None)
+    return cond if status.get("phase") == "Ready" and cond and cond["status"] == "False" else None
+
+
 def _tracked(ws: Workspace, name: str) -> dict[str, Any] | None:
     obj = _mv(ws, name)
     cond = next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Tracked"), None)
@@ -191,12 +198,7 @@ def test_mlflow_stopped_during_a_run_then_back_mirrors_without_a_duplicate(
     assert (tracked["status"], tracked["reason"]) == ("False", "MlflowUnreachable"), tracked
     name = run["status"]["modelVersion"]
 
-    def down() -> dict[str, Any] | None:
-        status = _mv(ws, name).get("status") or {}
-        cond = next((c for c in status.get("conditions", []) if c["type"] == "Tracked"), None)
-        return cond if status.get("phase") == "Ready" and cond and cond["status"] == "False" else None
-
-    cond = wait_until(f"{name} Tracked=False", down, 120)
+    cond = wait_until(f"{name} Tracked=False", lambda: _ready_untracked(ws, name), 120)
     assert cond["reason"] == "MlflowUnreachable" and url in cond["message"], cond
     with mlflow_server(workdir, host=cluster.host_ip, port=port):
         mv = wait_until(f"{name} mirrored after MLflow returned", lambda: _tracked(ws, name), 3 * float(RESYNC) + 60)
@@ -252,12 +254,7 @@ def test_mlflow_stopped_mid_training_the_run_succeeds_untracked_and_the_mirror_c
     assert run["status"]["tracking"]["mlflowRunId"] == run_id, run["status"]["tracking"]
     name = run["status"]["modelVersion"]
 
-    def down() -> dict[str, Any] | None:
-        status = _mv(ws, name).get("status") or {}
-        cond = next((c for c in status.get("conditions", []) if c["type"] == "Tracked"), None)
-        return cond if status.get("phase") == "Ready" and cond and cond["status"] == "False" else None
-
-    cond = wait_until(f"{name} Tracked=False", down, 120)
+    cond = wait_until(f"{name} Tracked=False", lambda: _ready_untracked(ws, name), 120)
     assert cond["reason"] == "MlflowUnreachable", cond
     with mlflow_server(workdir, host=cluster.host_ip, port=port):
         mv = wait_until(f"{name} mirrored after MLflow returned", lambda: _tracked(ws, name), 3 * float(RESYNC) + 60)
