@@ -105,26 +105,3 @@ def test_hidden_cause_walks_the_chain() -> None:
     assert isinstance(hidden_cause(chained(ConnectionRefusedError("refused"))), ConnectionRefusedError)
     assert hidden_cause(chained(ValueError("404 Not Found"))) is None
     assert hidden_cause(FileNotFoundError("plain")) is None
-
-
-def test_https_source_fingerprint_is_the_servers_validator_and_size_without_a_download(
-    https_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The dataChanged gate's fingerprint of an https:// dataset: the server's Last-Modified (this server
-    sends no ETag) and the size, from a HEAD-style info call; a newer file gives a new fingerprint."""
-    import os
-
-    from kubetrain_trainer.profile import source_fingerprint
-
-    base, ca_file = https_server
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    uri = f"{base}/iris.csv"
-    first = source_fingerprint(uri)
-    root = Path(str(ca_file).removesuffix("-ca.pem"))
-    size = (root / "iris.csv").stat().st_size
-    assert (first["uri"], first["method"], first["size"]) == (uri, "last-modified", size), first
-    assert source_fingerprint(uri) == first  # stable while the file is unchanged
-    stat = (root / "iris.csv").stat()
-    os.utime(root / "iris.csv", (stat.st_atime, stat.st_mtime + 3600))
-    second = source_fingerprint(uri)
-    assert second["method"] == "last-modified" and second["value"] != first["value"], (first, second)
