@@ -67,6 +67,31 @@ def test_macros() -> None:
     assert parse_schedule("@daily", "Europe/Berlin").next_tick(utc(2026, 12, 1, 10, 5)) == utc(2026, 12, 1, 23, 0)
 
 
+def test_the_default_time_zone_is_utc_in_the_parser_the_model_and_the_crd() -> None:
+    from pathlib import Path
+
+    import yaml
+    from kubetrain_api.models import TrainingScheduleSpec
+
+    # No zone: 09:00 is 09:00 UTC, also on the day New York changes its clocks.
+    ticks = parse_schedule("0 9 * * *").ticks_after(utc(2026, 3, 7, 12, 0))
+    assert [next(ticks) for _ in range(2)] == [utc(2026, 3, 8, 9, 0), utc(2026, 3, 9, 9, 0)]
+    assert parse_schedule("0 9 * * *").time_zone == parse_schedule("0 9 * * *", "UTC").time_zone
+    template = {
+        "spec": {"model": "m", "dataset": {"uri": "file:///d.csv", "target": "y"}, "estimator": {"name": "knn"}}
+    }
+    assert TrainingScheduleSpec.model_validate({"schedule": "@daily", "runTemplate": template}).time_zone == "UTC"
+    crd = next(
+        doc
+        for doc in yaml.safe_load_all(
+            (Path(__file__).parents[2] / "crds" / "kubetrain.io_trainingschedules.yaml").read_text()
+        )
+        if doc and doc["kind"] == "CustomResourceDefinition"
+    )
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert props["timeZone"]["default"] == "UTC"  # what the API server stores when a user leaves it out
+
+
 def test_a_daily_cron_keeps_its_wall_clock_time_across_dst() -> None:
     # New York springs forward on 2026-03-08: 09:00 local is 14:00 UTC before and 13:00 UTC after.
     schedule = parse_schedule("0 9 * * *", "America/New_York")
