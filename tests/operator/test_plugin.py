@@ -4,7 +4,9 @@ The plugin runs as its console script (``kubectl-kubetrain``) with the cluster's
 user runs it: compare prints both versions' metric columns; promote moves an alias and rollback returns it
 to the previous holder (status and aliasHistory agree); promote of a version that missed its thresholds,
 or of a Failed (unverified) one, to ``production`` exits 4 with the refusal's reason and leaves the alias
-where it was; why on an unschedulable run names the resource; logs prints the trainer's output.
+where it was; why on an unschedulable run names the resource; logs prints the trainer's output, of every
+attempt of a retried run and of every pod of a parallel search, and ``logs -f`` started before the first pod
+exists follows each pod as it appears (a retry's new pod included) until the run is finished.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import Cluster, wait_until
+from tests.conftest import REPO, Cluster, wait_until
 
 from .conftest import DATA_CLAIM, MODELS_CLAIM, Operator, Workspace, iris_run
 
@@ -194,3 +197,128 @@ def test_why_an_unschedulable_run_names_the_resource(
     assert plugin(cluster, ns, "why", "no-such-run").returncode == 3
     proc = plugin(cluster, ns, "logs", "greedy")
     assert proc.returncode == 3 and "no trainer pod with a log" in proc.stderr
+
+
+def follow(cluster: Cluster, ns: str, run: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(PLUGIN), "--kubeconfig", cluster.kubeconfig, "-n", ns, "logs", "-f", run],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+    )
+
+
+def sections(out: str) -> list[tuple[str, list[str]]]:
+    """(header, lines under it) of each pod in a ``logs`` output, in order."""
+    found: list[tuple[str, list[str]]] = []
+    for line in out.splitlines():
+        if line.startswith("==> ") and line.endswith(" <=="):
+            found.append((line, []))
+        else:
+            assert found, f"a log line before any pod header: {line!r}"
+            found[-1][1].append(line)
+    return found
+
+
+def finished(proc: subprocess.Popen[str], timeout: float = 420) -> tuple[str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_logs_cover_every_attempt_of_a_retried_run_and_every_search_pod_and_follow_them(
+    cluster: Cluster, workspace: Workspace, operator: Operator
+) -> None:
+    ws, ns = workspace, workspace.namespace
+    # "retried": its first attempt fails when it saves (a plain file where its output directory goes: an
+    # unexpected OSError, exit 1, retryable); the file is removed once that pod failed, so the retry succeeds.
+    ws.claim_dir(MODELS_CLAIM).joinpath("retried").write_text("not a directory")
+    # "searched": a random search shared by two pods (an Indexed Job).
+    (ws.claim_dir(DATA_CLAIM) / "wine.csv").write_bytes((REPO / "examples" / "data" / "wine.csv").read_bytes())
+    search = yaml.safe_load((REPO / "examples" / "wine-search.yaml").read_text())
+    search["metadata"] = {"name": "searched"}
+    assert search["spec"]["search"]["parallelism"] == 2
+    search["spec"]["resources"] = {
+        "requests": {"cpu": "250m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    # "broken": fails the same way with no retry, for `why` on a Failed run (its verdict and log tail).
+    ws.claim_dir(MODELS_CLAIM).joinpath("broken").write_text("not a directory")
+    ws.apply(iris_run("retried", backoffLimit=1))
+    ws.apply(search)
+    ws.apply(iris_run("broken", backoffLimit=0))
+    # Followed from before any pod exists: every pod is picked up as it appears, until the run is finished.
+    followers = {name: follow(cluster, ns, name) for name in ("retried", "searched")}
+    t0 = time.monotonic()
+
+    def first_failed() -> bool:
+        return any((p.get("status") or {}).get("phase") == "Failed" for p in ws.pods("retried"))
+
+    wait_until("the first attempt of retried to fail", first_failed, timeout=240, interval=0.5)
+    ws.claim_dir(MODELS_CLAIM).joinpath("retried").unlink()
+    outs = {name: finished(proc)[0] for name, proc in followers.items()}
+    print(f"both followers returned after {time.monotonic() - t0:.0f}s")
+    for name in outs:
+        assert ws.run(name)["status"]["phase"] == "Succeeded", ws.run(name)["status"]
+    run = ws.run("retried")
+    assert run["status"]["attempts"] == 2, run["status"]
+    pods = sorted(ws.pods("retried"), key=lambda p: p["metadata"]["creationTimestamp"])
+    names = [p["metadata"]["name"] for p in pods]
+    assert [p["status"]["phase"] for p in pods] == ["Failed", "Succeeded"], names
+
+    # -f on the retried run: the failed attempt, then the retry's pod (it appeared after the follow began),
+    # each under its own header, the retry's ending with the trainer's result.
+    print(outs["retried"][-3000:])
+    followed = sections(outs["retried"])
+    assert [h.split()[1] for h, _ in followed] == names, [h for h, _ in followed]
+    assert any("InternalError" in line for line in followed[0][1]), followed[0][1][-20:]
+    outcomes = [json.loads(line)["outcome"] for line in followed[0][1] if line.startswith('{"outcome"')]
+    assert "Succeeded" not in outcomes, outcomes
+    result = json.loads(next(line for line in reversed(followed[1][1]) if line.startswith('{"outcome"')))
+    assert result["outcome"] == "Succeeded", result
+
+    # Without -f, after the fact: the same two pods, with their final phases.
+    plain = plugin(cluster, ns, "logs", "retried")
+    assert plain.returncode == 0, plain.stderr
+    shown = sections(plain.stdout)
+    assert [h for h, _ in shown] == [f"==> {names[0]} (Failed) <==", f"==> {names[1]} (Succeeded) <=="], shown
+    assert shown[0][1] and shown[1][1]
+
+    # The search: both Indexed pods, in the follow (in the order they started: the two pods of an Indexed Job
+    # start together, and -f streams one pod after the other) and afterwards (index 0 then 1); the pod of
+    # index 0 ends with the result.
+    after = plugin(cluster, ns, "logs", "searched").stdout
+    assert [h.split("(")[1].split(",")[0] for h, _ in sections(after)] == ["index 0", "index 1"], after[-2000:]
+    for out in (outs["searched"], after):
+        shown = sorted(sections(out), key=lambda section: section[0].split("(")[1].split(",")[0])
+        assert [h.split("(")[1].split(",")[0] for h, _ in shown] == ["index 0", "index 1"], [h for h, _ in shown]
+        assert len({h.split()[1] for h, _ in shown}) == 2
+        assert all(lines for _, lines in shown), shown
+        assert any(line.startswith('{"outcome"') for line in shown[0][1])
+    assert [h.split()[-2].rstrip(")") for h, _ in sections(plugin(cluster, ns, "logs", "searched").stdout)] == [
+        "Succeeded",
+        "Succeeded",
+    ]
+
+    # why on a Failed run: the verdict with the failure's reason, the pod's exit, and the log tail.
+    broken = ws.wait_phase("broken", ("Succeeded", "Failed"), timeout=240)
+    assert broken["status"]["phase"] == "Failed", broken["status"]
+    why = plugin(cluster, ns, "why", "broken")
+    print(why.stdout)
+    assert why.returncode == 0, why.stderr
+    first = why.stdout.splitlines()[0]
+    assert first.startswith(f"broken: Failed: {broken['status']['failure']['reason']}: "), first
+    assert "InternalError" in first and "\nLog tail:\n" in why.stdout, why.stdout
+    assert "(exit 1)" in why.stdout  # the pod's terminated state
+    doc = json.loads(plugin(cluster, ns, "-o", "json", "why", "broken").stdout)
+    assert doc["phase"] == "Failed" and doc["logTail"] and doc["failure"]["exitCode"] == 1, doc
+
+    # -o yaml, for scripts: the history of the retried run's model names its version.
+    proc = plugin(cluster, ns, "-o", "yaml", "history", "iris")
+    assert proc.returncode == 0, proc.stderr
+    assert [v["name"] for v in yaml.safe_load(proc.stdout)["versions"]] == [run["status"]["modelVersion"]]

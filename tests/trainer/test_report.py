@@ -22,6 +22,14 @@ from PIL import Image
 from .test_evaluation_detail import fitted, log_anomaly
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOT_TITLES = {  # the PNG's Title text chunk: which plot it is
+    "confusion_matrix.png": "Confusion matrix",  # "Flags vs labels" for anomaly detection
+    "roc.png": "ROC curve",
+    "pr.png": "Precision-recall curve",
+    "residuals.png": "Residuals and predicted vs actual",
+    "feature_importance.png": "Permutation feature importance",
+    "anomaly_scores.png": "Anomaly score distribution",
+}
 EXPECTED_PLOTS = {
     "iris": {"confusion_matrix.png", "roc.png", "pr.png", "feature_importance.png"},
     "wine": {"confusion_matrix.png", "roc.png", "pr.png", "feature_importance.png"},
@@ -88,6 +96,8 @@ def test_report_plots_are_valid_pngs_and_the_html_embeds_them(kind: str, tmp_pat
             image.verify()
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG" and image.width >= 300 and image.height >= 200, (name, image.size)
+            title = "Flags vs labels" if (kind, name) == ("log-anomaly", "confusion_matrix.png") else PLOT_TITLES[name]
+            assert image.text.get("Title") == title, (name, image.text)
             lo, hi = image.convert("L").getextrema()
             assert hi - lo > 100, f"{name} looks blank"
     page = (tmp_path / "report" / "report.html").read_text()

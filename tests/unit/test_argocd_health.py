@@ -169,4 +169,54 @@ def test_argocd_cm_snippet_is_current() -> None:
         text = doc.read_text()
         for kind in KINDS:
             assert f"resource.customizations.health.kubetrain.io_{kind}" in text, doc
-        assert "manifests/argocd/argocd-cm.yaml" in text
+        assert "manifests/argocd/argocd-cm.yaml" in text and "manifests/argocd/argo-cd-values.yaml" in text
+
+
+# Argo CD's Helm chart (argo/argo-cd) renders argocd-cm's data from its ``configs.cm`` value
+# (templates/argocd-configs/argocd-cm.yaml: the value minus ``create``/``annotations``, through toYaml).
+# The stand-in chart below does the same, so the test reads the scripts back the way Argo CD gets them.
+_ARGO_CD_CHART = {
+    "Chart.yaml": "apiVersion: v2\nname: argo-cd-stand-in\nversion: 0.0.1\n",
+    "values.yaml": "configs:\n  cm:\n    create: true\n    exec.enabled: false\n",
+    "templates/argocd-cm.yaml": (
+        "{{- if .Values.configs.cm.create }}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\n  namespace: {{ .Release.Namespace }}\n"
+        'data:\n  {{- toYaml (omit .Values.configs.cm "create" "annotations") | nindent 2 }}\n'
+        "{{- end }}\n"
+    ),
+}
+
+
+def _helm() -> str:
+    """The pinned helm of hack/build-k8s (built once, cached by version)."""
+    out = subprocess.run([str(ROOT / "hack" / "build-k8s")], capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)["HELM_BIN"]
+
+
+def test_argo_cd_chart_values_render_into_argocd_cm_and_run(gopher_lua: Path, tmp_path: Path) -> None:
+    """manifests/argocd/argo-cd-values.yaml, passed to a chart that renders ``configs.cm`` as Argo CD's does
+    (real helm), yields an argocd-cm whose scripts are byte for byte the health checks, next to the chart's
+    own keys, and give the expected health under gopher-lua."""
+    chart = tmp_path / "argo-cd"
+    for name, text in _ARGO_CD_CHART.items():
+        (chart / name).parent.mkdir(parents=True, exist_ok=True)
+        (chart / name).write_text(text)
+    values = ROOT / "manifests" / "argocd" / "argo-cd-values.yaml"
+    proc = subprocess.run(
+        [_helm(), "template", "argocd", str(chart), "-n", "argocd", "-f", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cm = yaml.safe_load(proc.stdout)
+    assert (cm["kind"], cm["metadata"]["name"], cm["metadata"]["namespace"]) == ("ConfigMap", "argocd-cm", "argocd")
+    assert cm["data"]["exec.enabled"] is False  # the chart's other keys are kept: the values merge, not replace
+    for kind in KINDS:
+        script = cm["data"][f"resource.customizations.health.kubetrain.io_{kind}"]
+        assert script == _script(kind)
+        case = next(
+            c for c in yaml.safe_load((HEALTH / "kubetrain.io" / kind / "health_test.yaml").read_text())["tests"]
+        )
+        assert run_gopher_lua(gopher_lua, script, _obj(kind, case["inputPath"]), tmp_path) == case["healthStatus"]

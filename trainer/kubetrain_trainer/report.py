@@ -374,7 +374,7 @@ def render_report(
             try:
                 fig = draw()
                 path = out_dir / name
-                fig.savefig(path, format="png")
+                fig.savefig(path, format="png", metadata={"Title": caption})  # the PNG names its plot
                 images.append((name, caption, path.read_bytes()))
                 report.files.append(name)
             except Exception as exc:
