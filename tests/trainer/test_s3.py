@@ -31,6 +31,15 @@ pytest.importorskip("s3fs", reason="s3fs (the s3 extra) is needed for the s3 tes
 BUCKET = "kt-data"
 OUT_BUCKET = "kt-models"  # empty until a run writes to it: a bucket with no objects must count as existing
 POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}'
+WRITE_ONLY_POLICY = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{OUT_BUCKET}/*"},
+        ],
+    }
+)
 
 
 @dataclass
@@ -40,6 +49,7 @@ class S3:
     secret: str
     client: Any
     tmp: Path
+    writer: tuple[str, str]  # (key, secret) of a user who may write objects but not read them
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {
@@ -80,8 +90,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[S3]
     import boto3
 
     tmp = tmp_path_factory.mktemp("s3")
-    # IAM enforced: the first three requests (user, access key, policy) are unauthenticated, then signed.
-    with moto_server(tmp / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="3") as endpoint:
+    # IAM enforced: the first six requests (two users, their access keys and policies) are unauthenticated,
+    # then signed.
+    with moto_server(tmp / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="6") as endpoint:
 
         def session(key: str, secret: str) -> Any:
             return boto3.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1")
@@ -91,12 +102,16 @@ def s3(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[S3]
         access = iam.create_access_key(UserName="trainer")["AccessKey"]
         iam.put_user_policy(UserName="trainer", PolicyName="s3", PolicyDocument=POLICY)
         key, secret = access["AccessKeyId"], access["SecretAccessKey"]
+        # "writer" may write models but not read them back: storage that takes writes it will not return.
+        iam.create_user(UserName="writer")
+        writer = iam.create_access_key(UserName="writer")["AccessKey"]
+        iam.put_user_policy(UserName="writer", PolicyName="s3", PolicyDocument=WRITE_ONLY_POLICY)
         client = session(key, secret).client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket=BUCKET)
         client.create_bucket(Bucket=OUT_BUCKET)
         for name in ("iris.csv", "iris.parquet"):
             client.put_object(Bucket=BUCKET, Key=name, Body=(data_dir / name).read_bytes())
-        yield S3(endpoint, key, secret, client, tmp)
+        yield S3(endpoint, key, secret, client, tmp, (writer["AccessKeyId"], writer["SecretAccessKey"]))
 
 
 def _config(tmp_path: Path, dataset: str, output: str, name: str) -> Path:
@@ -220,3 +235,23 @@ def test_verify_with_wrong_credentials(s3: S3) -> None:
     run = trainer("verify", env=s3.env(KUBETRAIN_VERIFY_URI=uri, AWS_SECRET_ACCESS_KEY="wrong-secret"))
     assert run.code == 13, run.result
     assert run.result["message"].startswith(f"access denied reading the model at {uri}")
+
+
+def test_an_artifact_that_cannot_be_read_back_is_never_reported_as_succeeded(
+    s3: S3, tmp_path: Path, data_dir: Path
+) -> None:
+    """The upload is accepted but the objects cannot be read back (the writer may not GetObject): the
+    trainer reads the model back from its final location before it reports success, so the run fails
+    (InternalError, retried by the Job) naming where, instead of registering a model nobody can load."""
+    cfg = _config(tmp_path, (data_dir / "iris.csv").as_uri(), f"s3://{OUT_BUCKET}/unreadable/", "write-only")
+    key, secret = s3.writer
+    run = trainer("run", "--config", str(cfg), env=s3.env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret))
+    assert run.result["outcome"] == "Failed" and run.code == 1, run.result
+    assert run.result["reason"] == "InternalError", run.result
+    msg = run.result["message"]
+    assert f"s3://{OUT_BUCKET}/unreadable/write-only" in msg and "cannot be read back" in msg, msg
+    assert "model" not in run.result  # no artifact is reported
+    # the same run with a user who can read succeeds and its model is what was read back
+    ok = trainer("run", "--config", str(cfg), env=s3.env())
+    assert ok.code == 0, ok.result
+    assert _sha_of(s3, "unreadable/write-only/model.joblib") == ok.result["model"]["sha256"]

@@ -84,6 +84,24 @@ def test_invalid_spec_fails_without_job_and_without_requeue() -> None:
     assert plan.status["failure"]["reason"] == "ConfigInvalid" and not plan.create and plan.requeue is None
 
 
+@pytest.mark.parametrize("uri", ["file:///tmp/exp/models", "file:///var/lib/models/", "file:///mnt/kubetrain/pvc/m/x"])
+def test_an_output_that_cannot_outlive_the_pod_is_refused_before_any_job(uri: str) -> None:
+    plan = trd.decide(trd.RunFacts(body=run_body(output={"uri": uri})), Settings(), NOW)
+    failure = plan.status["failure"]
+    assert failure["reason"] == "ConfigInvalid" and not plan.create and plan.requeue is None, plan
+    assert f"spec.output.uri {uri!r}" in failure["message"] and "would be lost" in failure["message"], failure
+    assert "pvc://<claim>/<path>" in failure["message"]
+
+
+def test_a_default_output_that_cannot_outlive_the_pod_names_the_setting() -> None:
+    plan = trd.decide(trd.RunFacts(body=run_body(output=None)), Settings(default_output="file:///tmp/models"), NOW)
+    assert plan.status["failure"]["reason"] == "ConfigInvalid" and not plan.create
+    assert "KUBETRAIN_DEFAULT_OUTPUT" in plan.status["failure"]["message"], plan.status
+    # pvc:// and s3:// outputs persist: the same run gets its Job
+    for uri in ("pvc://models/runs", "s3://bucket/prefix"):
+        assert trd.decide(trd.RunFacts(body=run_body(output={"uri": uri})), Settings(), NOW).create
+
+
 @pytest.mark.parametrize(("checks", "delay"), [(0, 5.0), (1, 10.0), (3, 40.0), (5, 120.0), (16, 120.0)])
 def test_queued_requeue_backs_off_from_5_to_120_seconds(checks: int, delay: float) -> None:
     facts = trd.RunFacts(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import contract
-from .errors import ConfigInvalid, VerifyFailed
+from .errors import ArtifactLost, ConfigInvalid, VerifyFailed
 
 
 @dataclass(frozen=True)
@@ -251,6 +251,40 @@ def upload_dir(local_dir: Path, remote_base: str, files: Sequence[str] | None = 
                 f"access denied uploading artifacts to {remote_base} ({detail}); {CREDENTIALS_HINT}"
             ) from None
         raise
+
+
+def read_back(location: str | Path, sha256: str) -> None:
+    """Read the model back from its final location (a directory, or an s3:// prefix) and check its sha256
+    and metadata.json: a run reports success only for an artifact that is really there. Raises
+    ``ArtifactLost`` (InternalError, so retried) naming the location otherwise."""
+    where = str(location)
+    try:
+        if isinstance(location, Path):
+            actual = sha256_file(location / contract.MODEL_FILE)
+            has_meta = (location / contract.METADATA_FILE).is_file()
+        else:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(location)
+            fs.invalidate_cache()  # an earlier listing must not stand in for the object store's answer
+            digest = hashlib.sha256()
+            with fs.open(f"{root.rstrip('/')}/{contract.MODEL_FILE}", "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            actual = digest.hexdigest()
+            has_meta = fs.exists(f"{root.rstrip('/')}/{contract.METADATA_FILE}")
+    except OSError as exc:
+        raise ArtifactLost(
+            f"the model written to {where} cannot be read back from there ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); the run is not reported as succeeded"
+        ) from None
+    if actual != sha256:
+        raise ArtifactLost(
+            f"the model read back from {where} has sha256 {actual[:12]}, not the {sha256[:12]} just written; "
+            "the run is not reported as succeeded"
+        )
+    if not has_meta:
+        raise ArtifactLost(f"{contract.METADATA_FILE} is missing at {where} after it was written")
 
 
 # ---- verify -----------------------------------------------------------------------------------------

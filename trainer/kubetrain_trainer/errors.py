@@ -29,3 +29,10 @@ class BelowThreshold(TrainerError):
 
 class VerifyFailed(TrainerError):
     reason = contract.REASON_VERIFY_FAILED
+
+
+class ArtifactLost(TrainerError):
+    """The artifact just written is not at its final location (or not intact): never reported as a success.
+    InternalError, so the Job retries it (storage that loses writes may recover)."""
+
+    reason = contract.REASON_INTERNAL_ERROR

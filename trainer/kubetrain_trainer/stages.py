@@ -24,7 +24,15 @@ from kubetrain_api.models import Signature as ApiSignature
 from pydantic import ValidationError
 
 from . import contract
-from .artifacts import ArtifactRef, Saved, artifact_ref_from_env, library_versions, save_artifacts, upload_dir
+from .artifacts import (
+    ArtifactRef,
+    Saved,
+    artifact_ref_from_env,
+    library_versions,
+    read_back,
+    save_artifacts,
+    upload_dir,
+)
 from .config import RunConfig
 from .errors import ConfigInvalid, DataInvalid
 from .evaluation import check_thresholds, compute_metrics, metric_names, score_champion, score_sign, scorer_for
@@ -587,6 +595,7 @@ def save(
     saved = save_artifacts(run_dir, pipeline, meta, model_uri, documents, files=files)
     if upload_to:
         upload_dir(run_dir, upload_to, saved.files)
+    read_back(upload_to or run_dir, saved.model["sha256"])  # success only for what is really there
     return saved
 
 

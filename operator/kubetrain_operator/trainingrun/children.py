@@ -38,6 +38,22 @@ def effective_output(run: TrainingRun, settings: Settings) -> str:
     return run.spec.output.uri if run.spec.output else settings.default_output
 
 
+def output_problem(uri: str, field: str = "spec.output.uri") -> str | None:
+    """Why an output base cannot outlive the trainer's pod, or None when it can (pvc://, s3://).
+
+    A file:// path is a directory inside the pod: its root filesystem is read-only and its only writable
+    place, /tmp, is an emptyDir deleted with the pod, and no volume is mounted anywhere else but the claims
+    of pvc:// URIs. A model written there would be registered and then gone.
+    """
+    if not uri.startswith("file://"):
+        return None
+    return (
+        f"{field} {uri!r}: a file:// path is inside the trainer pod, which keeps nothing after it ends (its "
+        "only writable place, /tmp, is deleted with the pod), so the model would be lost; write to a "
+        "PersistentVolumeClaim (pvc://<claim>/<path>) or an object store (s3://<bucket>/<prefix>) instead"
+    )
+
+
 def claim_mounts(run: TrainingRun, settings: Settings, champion: Champion | None = None) -> list[k8s.Volume]:
     """Claims the pod needs: the dataset's and the champion's (read-only unless also the output's) and the
     output's."""

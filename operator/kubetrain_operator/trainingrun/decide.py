@@ -80,6 +80,15 @@ def parse(body: Mapping[str, Any], settings: Settings) -> TrainingRun:
         raise ValueError(
             f"spec.resources.gpus ({spec.resources.gpus}) exceeds the operator's maximum {settings.max_gpus}"
         )
+    problem = (
+        children.output_problem(spec.output.uri)
+        if spec.output
+        else children.output_problem(
+            settings.default_output, "the operator's default output (KUBETRAIN_DEFAULT_OUTPUT)"
+        )
+    )
+    if problem:  # refused before any Job: a run that cannot keep its model must not look successful
+        raise ValueError(problem)
     meta = body.get("metadata") or {}
     return TrainingRun(
         metadata={k: meta.get(k) for k in ("name", "namespace", "uid", "generation")}, spec=spec
