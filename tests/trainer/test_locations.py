@@ -136,6 +136,34 @@ def test_output_on_a_read_only_filesystem_fails_at_once_and_terminally(data_dir:
     assert not (ro / "models").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)")
+def test_a_full_output_volume_fails_clearly_and_leaves_no_partial_artifact(data_dir: Path, tmp_path: Path) -> None:
+    """A real ENOSPC: the output is a 96 KiB tmpfs (in a private mount namespace), big enough for the
+    write probe and some files, too small for a 300-tree forest. The run fails ConfigInvalid naming the
+    place and "full", and the volume holds nothing of the run (the temp dir is removed)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    spec = spec_for(
+        (data_dir / "iris.csv").as_uri(), "species", "random_forest", {"n_estimators": 300},
+        output={"uri": (full / "models").as_uri()},
+    )  # fmt: skip
+    cfg = write_config(tmp_path / "f.yaml", spec, name="fills-up")
+    script = f'mount -t tmpfs -o size=96k tmpfs "{full}" && "$@"; code=$?; ls -aR "{full}" >&2; exit $code'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETRAIN_")}
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sys.executable, "-m",
+         "kubetrain_trainer", "run", "--config", str(cfg)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == contract.EXIT_CONFIG_INVALID, (result, proc.stderr[-2000:])
+    assert result["reason"] == contract.REASON_CONFIG_INVALID and "model" not in result, result
+    assert "No space left on device" in result["message"] and "output volume is full" in result["message"], result
+    assert str(full / "models" / "fills-up") in result["message"], result
+    listing = proc.stderr.split(f"{full}:", 1)[1]  # `ls -aR` of the volume, after the run
+    assert "fills-up" not in listing and ".tmp-" not in listing, listing
+
+
 def test_write_errors_map_to_config_invalid_only_when_the_place_is_unwritable(tmp_path: Path) -> None:
     import errno
 
@@ -143,4 +171,6 @@ def test_write_errors_map_to_config_invalid_only_when_the_place_is_unwritable(tm
 
     err = unwritable(OSError(errno.EACCES, "Permission denied"), tmp_path)
     assert err is not None and "fsGroup" in str(err) and f"uid {os.getuid()}" in str(err)
-    assert unwritable(OSError(errno.ENOSPC, "No space left on device"), tmp_path) is None  # retryable
+    full = unwritable(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert full is not None and "the output volume is full" in str(full)  # terminal: a person must make room
+    assert unwritable(OSError(errno.EIO, "Input/output error"), tmp_path) is None  # retryable

@@ -94,10 +94,16 @@ def _write_json(path: Path, data: Any) -> None:
 #: errors that say "this place cannot be written by this process": fixing them needs a spec or volume
 #: change, so they are ConfigInvalid (terminal), never a retried InternalError.
 _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def unwritable(exc: OSError, where: Path) -> ConfigInvalid | None:
     """The clear, terminal error for a write refused at ``where``; None for other OS errors."""
+    if exc.errno in _FULL:
+        return ConfigInvalid(
+            f"cannot write artifacts to {where}: {exc.strerror} (the output volume is full); nothing was "
+            "registered and no partial artifact is left: free space on the volume or use a larger claim"
+        )
     if exc.errno not in _UNWRITABLE:
         return None
     if exc.errno == errno.EROFS:
@@ -170,6 +176,12 @@ def save_artifacts(
         _move_into_place(tmp, run_dir, saved.files)
         _fsync_dir(parent)
         return saved
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial artifact: nothing at run_dir was replaced yet
+        err = unwritable(exc, run_dir)
+        if err is None:
+            raise
+        raise err from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
