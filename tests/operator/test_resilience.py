@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEV_CLUSTER, Cluster, _parse_up_output
+from tests.conftest import DEV_CLUSTER, REPO, Cluster, _parse_up_output
 
 from .conftest import Operator, Workspace, iris_run, prepare_workspace
 from .crds import install_crds
@@ -100,6 +100,26 @@ class PrivateCluster(Cluster):
             assert time.monotonic() < deadline, f"kube-apiserver not ready {timeout}s after restart"
             time.sleep(0.3)
         return time.monotonic() - t0
+
+    def etcd_url(self) -> str:
+        """The client URL of this cluster's etcd (plain HTTP on loopback, from the API server's flags)."""
+        pid = self.pid("kube-apiserver")
+        for arg in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0"):
+            if arg.startswith("--etcd-servers="):
+                return arg.split("=", 1)[1].split(",")[0]
+        raise AssertionError("kube-apiserver has no --etcd-servers flag")
+
+    def etcd(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call of etcd's v3 JSON gateway (``/v3/<method>``), e.g. ``kv/put`` or ``kv/compaction``."""
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"{self.etcd_url()}/v3/{method}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            out: dict[str, Any] = json.loads(resp.read() or b"{}")
+        return out
 
     def api_address(self) -> tuple[str, int]:
         text = Path(self.kubeconfig).read_text()
@@ -457,3 +477,134 @@ def test_no_retry_storm_while_api_server_is_down(ws: Workspace, op: Operator, pr
     ws.apply(iris_run("next"))
     ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/next", "--timeout=90s")
     assert phase(ws, "stuck") == "Pending"
+
+
+def test_etcd_stopped_for_10s_mid_run_loses_nothing(
+    ws: Workspace, op: Operator, private_cluster: PrivateCluster
+) -> None:
+    """etcd frozen (SIGSTOP) for 10 s while runs train: the API server answers with errors or stalls
+    meanwhile; afterwards every run ends Succeeded with one Job and one version, and a new run trains."""
+    cluster = private_cluster
+    op.start()
+    for name in ("e1", "e2", "e3"):
+        ws.apply(iris_run(name))
+    wait_for("a run Running", lambda: any(phase(ws, n) == "Running" for n in ("e1", "e2", "e3")), 90, 0.2)
+    pid = cluster.pid("etcd")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(10)
+        assert op.proc is not None and op.proc.poll() is None, "the operator died while etcd was stopped"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for("the API server ready again", cluster.ready, 60)
+    for name in ("e1", "e2", "e3"):
+        catch_up(ws, name)
+        assert_one_job_succeeded(ws, name)
+    versions = sorted(v["spec"]["version"] for v in ws.get("mv")["items"])
+    assert versions == [1, 2, 3], versions  # no gap, no duplicate
+    ws.apply(iris_run("after-etcd"))
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/after-etcd", "--timeout=120s")
+    assert op.starts == 1 and op.proc.poll() is None
+
+
+def test_a_watch_resumed_after_an_etcd_compaction_gets_410_gone_and_relists(
+    ws: Workspace, op: Operator, private_cluster: PrivateCluster
+) -> None:
+    """The operator's watches resume from a resourceVersion that etcd has compacted away: the API server
+    answers 410 Gone ("too old resource version"), kopf lists afresh, and runs created afterwards train.
+
+    How: the API server is stopped; etcd's revision is advanced with writes of its own and compacted at
+    the newest one; the API server starts again (its watch cache begins after the compaction), so every
+    watch the operator resumes from its last resourceVersion is too old."""
+    cluster = private_cluster
+    op.start(KUBETRAIN_WATCH_SERVER_TIMEOUT="5")
+    ws.apply(iris_run("before-compaction"))
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/before-compaction", "--timeout=120s")
+    offset = len(op.log_text())
+    cmdline = cluster.kill_apiserver()
+    try:
+        import base64
+
+        key = base64.b64encode(b"/kubetrain-test/compaction").decode()
+        for i in range(20):
+            rev = cluster.etcd("kv/put", {"key": key, "value": base64.b64encode(str(i).encode()).decode()})
+        revision = int(rev["header"]["revision"])
+        cluster.etcd("kv/compaction", {"revision": str(revision), "physical": True})
+        cluster.etcd("kv/deleterange", {"key": key})
+    finally:
+        cluster.start_apiserver(cmdline)
+    ws.apply(iris_run("after-compaction"))
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/after-compaction", "--timeout=150s")
+    assert_one_job_succeeded(ws, "after-compaction")
+    assert_one_job_succeeded(ws, "before-compaction")  # untouched: no second Job
+    log = op.log_text()[offset:]
+    assert re.search(r"410|[Gg]one|too old resource version", log), log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert op.starts == 1 and op.proc is not None and op.proc.poll() is None
+
+
+def _loosened(crd: dict[str, Any]) -> dict[str, Any]:
+    """``crd`` as an older, laxer schema would have been: spec is any object (no types, enums, CEL)."""
+    out = json.loads(json.dumps(crd))
+    for version in out["spec"]["versions"]:
+        props = version["schema"]["openAPIV3Schema"]["properties"]
+        props["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        version["schema"]["openAPIV3Schema"].pop("x-kubernetes-validations", None)
+    return out
+
+
+def test_objects_stored_under_an_older_schema_are_reported_not_crash_looped(
+    ws: Workspace, op: Operator, private_cluster: PrivateCluster
+) -> None:
+    """Objects the current CRDs would refuse, stored while a laxer schema was installed (as after an
+    upgrade): the operator marks each Failed with a ConfigInvalid condition and a Warning Event naming the
+    field, keeps running (no restart), and a valid run beside them trains."""
+    import yaml
+
+    cluster = private_cluster
+    crds = {
+        kind: yaml.safe_load((REPO / "crds" / f"kubetrain.io_{kind}.yaml").read_text())
+        for kind in ("trainingruns", "modelversions", "trainingschedules")
+    }
+    bad_run = iris_run("old-run")
+    bad_run["spec"]["estimator"] = {"name": "no_such_estimator"}
+    bad_schedule = {
+        "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingSchedule", "metadata": {"name": "old-schedule"},
+        "spec": {"schedule": "@every 1s", "runTemplate": {"spec": iris_run("t")["spec"]}},
+    }  # fmt: skip
+    try:
+        for crd in crds.values():
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(_loosened(crd)))
+        time.sleep(2)  # the API server picks the new schema up
+        ws.apply(bad_run)
+        ws.apply(bad_schedule)
+    finally:
+        install_crds(cluster.kubectl)
+    # The objects are stored; the current schema would refuse them now:
+    refused = ws.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad_run), check=False)
+    assert refused.returncode != 0 and "estimator" in refused.stderr, refused.stderr
+    op.start()
+    ws.apply(iris_run("new-run"))
+    failed = ws.wait_phase("old-run", ("Failed", "Succeeded"), timeout=60)
+    assert failed["status"]["failure"]["reason"] == "ConfigInvalid", failed["status"]
+    assert "estimator" in failed["status"]["failure"]["message"], failed["status"]
+    conds = {c["type"]: c for c in failed["status"]["conditions"]}
+    assert conds["Succeeded"]["status"] == "False" and conds["Succeeded"]["reason"] == "ConfigInvalid", conds
+    assert ws.jobs("old-run") == []
+
+    def schedule_reported() -> dict[str, Any] | None:
+        obj = ws.get("trainingschedule", "old-schedule")
+        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+        return (
+            obj
+            if any(c.get("status") == "False" and "schedule" in c.get("message", "") for c in conds.values())
+            else None
+        )
+
+    wait_for("old-schedule reported", schedule_reported, 60)
+    events = ws.get("events", "--field-selector", "type=Warning")["items"]
+    reported = {(e["involvedObject"]["kind"], e["involvedObject"]["name"]) for e in events}
+    assert ("TrainingRun", "old-run") in reported and ("TrainingSchedule", "old-schedule") in reported, reported
+    ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/new-run", "--timeout=120s")
+    assert op.starts == 1 and op.proc is not None and op.proc.poll() is None
+    assert "Traceback" not in op.log_text(), op.log_text()[-3000:]

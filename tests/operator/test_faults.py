@@ -1,0 +1,157 @@
+"""Faults on the shared dev cluster, each ending with nothing lost: the run in the right terminal state, one
+Job per attempt, no version registered twice or for a model that is not there.
+
+* the output volume is full (a real ENOSPC: a small tmpfs mounted on the claim's folder, which the kubelet
+  bind-mounts into the trainer pod);
+* a namespace deleted with runs and versions inside, while the operator watches it and another one;
+* a concurrent writer on a run's status (it keeps resetting phase and modelVersion while the run trains).
+
+The faults of the control plane itself (API server restart, etcd stopped, a watch past an etcd compaction,
+objects stored under an older schema) are in test_resilience.py, on a private cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cluster, wait_until
+
+from .conftest import MODELS_CLAIM, Operator, Workspace, iris_run, prepare_workspace
+
+pytestmark = pytest.mark.cluster
+
+
+def versions(ws: Workspace) -> list[dict[str, Any]]:
+    return list(ws.get("mv")["items"])
+
+
+@pytest.fixture
+def tiny_claim(cluster: Cluster, workspace: Workspace) -> Iterator[Path]:
+    """A claim "tiny" whose folder is a 96 KiB tmpfs: room for the trainer's write probe and a few files,
+    not for a 300-tree forest with its report."""
+    path = cluster.claim(workspace.namespace, "tiny")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k,mode=0777", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_output_volume_fails_the_run_clearly_and_registers_nothing(
+    workspace: Workspace, operator: Operator, tiny_claim: Path
+) -> None:
+    ws = workspace
+    run = iris_run("fills-up", output={"uri": "pvc://tiny/runs"}, backoffLimit=2)
+    run["spec"]["estimator"] = {"name": "random_forest", "params": {"n_estimators": 300}}
+    ws.apply(run)
+    done = ws.wait_phase("fills-up", ("Succeeded", "Failed"), timeout=300)
+    failure = done["status"].get("failure") or {}
+    assert done["status"]["phase"] == "Failed" and failure.get("reason") == "ConfigInvalid", done["status"]
+    assert "No space left on device" in failure["message"] and "output volume is full" in failure["message"], failure
+    assert "/runs/fills-up" in failure["message"], failure
+    assert len(ws.jobs("fills-up")) == 1 and len(ws.pods("fills-up")) == 1  # terminal: not retried
+    assert versions(ws) == [] and "modelVersion" not in done["status"]
+    left = sorted(str(p.relative_to(tiny_claim)) for p in tiny_claim.rglob("*"))
+    assert not any("fills-up" in p for p in left), left  # no partial artifact, no temp dir
+
+
+def test_namespace_deleted_with_runs_and_versions_inside(
+    cluster: Cluster, workspace: Workspace, operator_factory: Callable[..., Operator], tmp_path: Path
+) -> None:
+    """The operator watches two namespaces; one is deleted while it holds a finished run with its Ready
+    version and a run in training. The namespace goes away (nothing the operator holds keeps it), the
+    operator keeps running without an unhandled error, and a run in the other namespace trains."""
+    doomed = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", doomed)
+    try:
+        wait_until(
+            f"default service account in {doomed}",
+            lambda: cluster.kubectl("get", "sa", "default", "-n", doomed, check=False).returncode == 0,
+            30,
+        )
+        other = prepare_workspace(cluster, doomed)
+        op = Operator(cluster, workspace.namespace, tmp_path / "two.log", ["-n", workspace.namespace, "-n", doomed])
+        op.start()
+        try:
+            other.apply(iris_run("finished"))
+            other.wait_phase("finished", ("Succeeded",), timeout=180)
+            mv = other.run("finished")["status"]["modelVersion"]
+            wait_until(f"{mv} Ready", lambda: (other.get("mv", mv).get("status") or {}).get("phase") == "Ready", 120)
+            slow = iris_run("training")
+            slow["spec"]["estimator"] = {"name": "random_forest", "params": {"n_estimators": 400}}
+            other.apply(slow)
+            wait_until(
+                "training Running", lambda: (other.run("training").get("status") or {}).get("phase") == "Running", 120
+            )
+            cluster.kubectl("delete", "namespace", doomed, "--wait=false")
+            t0 = time.monotonic()
+            wait_until(
+                f"namespace {doomed} gone",
+                lambda: cluster.kubectl("get", "namespace", doomed, check=False).returncode != 0,
+                180,
+                interval=1,
+            )
+            print(f"namespace {doomed} deleted in {time.monotonic() - t0:.1f}s")
+            assert op.proc is not None and op.proc.poll() is None, op.log_text()[-3000:]
+            workspace.apply(iris_run("elsewhere"))
+            workspace.wait_phase("elsewhere", ("Succeeded",), timeout=180)
+            assert len(workspace.jobs("elsewhere")) == 1
+            log = op.log_text()
+            assert "Traceback" not in log, log[-4000:]
+            assert op.starts == 1 and op.proc.poll() is None
+        finally:
+            op.stop()
+    finally:
+        cluster.kubectl("delete", "namespace", doomed, "--wait=false", check=False)
+        cluster.kubectl("delete", "pv", "-l", f"kubetrain.io/claim-namespace={doomed}", "--wait=false", check=False)
+
+
+def test_a_concurrent_writer_on_status_loses_and_duplicates_nothing(workspace: Workspace, operator: Operator) -> None:
+    """Someone else keeps overwriting the run's status (phase back to Pending, modelVersion and job
+    removed) every 0.3 s while it trains and registers. When the writer stops, the run ends Succeeded
+    with one Job and exactly one version, and its status names that version."""
+    ws = workspace
+    ws.apply(iris_run("contested"))
+    stop = threading.Event()
+    writes = {"ok": 0, "failed": 0}
+    junk = json.dumps({"status": {"phase": "Pending", "modelVersion": None, "job": None}})
+
+    def writer() -> None:
+        while not stop.is_set():
+            proc = ws.kubectl(
+                "patch", "trainingrun", "contested", "--subresource=status", "--type=merge", "-p", junk, check=False
+            )
+            writes["ok" if proc.returncode == 0 else "failed"] += 1
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        # until the Job completed and a version exists: the writer is active across training and registration
+        wait_until(
+            "the Job complete and a version registered",
+            lambda: any((j.get("status") or {}).get("succeeded") for j in ws.jobs("contested")) and bool(versions(ws)),
+            240,
+        )
+        time.sleep(3)  # a few more overwrites after the registration
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    print(f"concurrent status writes: {writes}")
+    assert writes["ok"] >= 10, writes
+    done = ws.wait_phase("contested", ("Succeeded", "Failed"), timeout=120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert len(ws.jobs("contested")) == 1 and len(ws.pods("contested")) == 1
+    names = [v["metadata"]["name"] for v in versions(ws)]
+    assert names == [done["status"]["modelVersion"]], (names, done["status"])
+    assert "Traceback" not in operator.log_text(), operator.log_text()[-4000:]
+    assert len(list(ws.claim_dir(MODELS_CLAIM).rglob("model.joblib"))) == 1  # one artifact directory
