@@ -31,6 +31,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ALIAS_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# The digest of an image as the kubelet reports it in a pod's imageID.
+IMAGE_DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 # An OCI reference: registry/path:tag or @sha256:digest, no whitespace or shell metacharacters.
 IMAGE_PATTERN = r"^[a-z0-9]+([._:/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
@@ -873,6 +875,9 @@ class TrainingRunStatus(_Model):
     """The task (as inferred when the spec omits it)."""
     promotion: Promotion | None = None
     """The champion/challenger decision of spec.register.promote."""
+    trainer_image_digest: str | None = Field(default=None, pattern=IMAGE_DIGEST_PATTERN)
+    """Digest (sha256:...) of the trainer image the pod really ran, from the pod's imageID: what a tag
+    pointed at when the run trained."""
     dataset_fingerprint: str | None = Field(default=None, max_length=256)
     """The dataset's source fingerprint as the trainer read it (method:value;size=bytes: ETag for object
     stores and HTTPS, sha256 for files), compared by a schedule's spec.when.dataChanged."""
@@ -952,6 +957,8 @@ class Source(_Model):
     """The TrainingRun (absent for hand-registered versions)."""
     image: str | None = Field(default=None, max_length=512)
     """Trainer image."""
+    image_digest: str | None = Field(default=None, pattern=IMAGE_DIGEST_PATTERN)
+    """Digest (sha256:...) of the trainer image the run's pod ran (from the pod's imageID)."""
     dataset: str | None = Field(default=None, max_length=2048)
     """Dataset URI."""
     dataset_fingerprint: str | None = Field(default=None, max_length=128)

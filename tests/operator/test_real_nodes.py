@@ -57,7 +57,7 @@ def test_iris_runs_in_the_trainer_image_as_10001_with_logs_exec_and_cpu_quota(
 ) -> None:
     """While the trainer runs: its cgroup carries the CPU quota the run asked for, it runs as uid 10001 on a
     read-only root, ``kubectl exec`` and ``kubectl logs`` reach it; afterwards the pod's imageID is the
-    trainer image buildah built."""
+    trainer image buildah built, and that digest is in the run's status and the version's lineage."""
     images = _trainer_images(cluster)
     ws = workspace
     # Slow enough to look at while it runs: many trees on a quarter of a CPU.
@@ -89,6 +89,11 @@ def test_iris_runs_in_the_trainer_image_as_10001_with_logs_exec_and_cpu_quota(
     (status,) = ws.get("pod", name)["status"]["containerStatuses"]
     assert status["imageID"] == images["TRAINER_IMAGE_ID"], (status, images)
     assert status["image"].endswith(images["TRAINER_IMAGE"]), status
+    # the digest the pod ran, recorded in the run's status and the version's lineage
+    digest = images["TRAINER_IMAGE_ID"].rsplit("@", 1)[-1]
+    assert run["status"]["trainerImageDigest"] == digest, run["status"]
+    source = ws.get("mv", run["status"]["modelVersion"])["spec"]["source"]
+    assert source["imageDigest"] == digest, source
 
 
 def test_memory_limit_ends_oomkilled_by_the_kernel(cluster: Cluster, workspace: Workspace, operator: Operator) -> None:

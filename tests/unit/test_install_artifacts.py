@@ -55,6 +55,28 @@ def test_chart_renders_restricted_single_replica_operator(bins: dict[str, str]) 
     assert env["KUBETRAIN_PROTECTED_ALIASES"] == "production"
 
 
+def test_chart_pins_the_trainer_image_by_digest(bins: dict[str, str]) -> None:
+    def render(*sets: str) -> subprocess.CompletedProcess[str]:
+        args = [a for kv in sets for a in ("--set", kv)]
+        return subprocess.run(
+            [bins["helm"], "template", "kt", str(REPO / "helm" / "kubetrain"), "--kube-version", "1.37.2", *args],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    def trainer_image(proc: subprocess.CompletedProcess[str]) -> str:
+        deploy = next(d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Deployment")
+        env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return str(env["KUBETRAIN_TRAINER_IMAGE"])
+
+    digest = "sha256:" + "0123456789abcdef" * 4
+    assert trainer_image(render()) == "ghcr.io/kubetrain/trainer:0.1.0"
+    assert trainer_image(render(f"trainerImageDigest={digest}")) == f"ghcr.io/kubetrain/trainer:0.1.0@{digest}"
+    bad = render("trainerImageDigest=sha256:abc")
+    assert bad.returncode != 0 and "trainerImageDigest must be sha256:" in bad.stderr, bad.stderr
+    both = render(f"trainerImage=ghcr.io/kubetrain/trainer@{digest}", f"trainerImageDigest={digest}")
+    assert both.returncode != 0 and "not both" in both.stderr, both.stderr
+
+
 def test_chart_settings_are_ones_the_operator_reads(bins: dict[str, str]) -> None:
     """Every KUBETRAIN_* variable the chart sets is a field of the operator's settings (pydantic-settings reads
     ``KUBETRAIN_`` + the field name), so a typo in the chart cannot be silently ignored."""

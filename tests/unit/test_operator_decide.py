@@ -140,6 +140,29 @@ def test_success_registers_the_next_free_version_and_names_it_in_the_same_write(
     assert plan.status["modelVersion"] == "iris-v4" and plan.status["phase"] == "Succeeded"
 
 
+def test_the_digest_the_pod_ran_is_recorded_in_status_and_lineage() -> None:
+    digest = "sha256:" + "ab" * 32
+    done = pod("Succeeded", exit_code=0, message=OK_RESULT)
+    done["status"]["containerStatuses"][0]["imageID"] = f"ghcr.io/kubetrain/trainer@{digest}"
+    facts = trd.RunFacts(
+        body=run_body(), job=owned_job(conds=[("Complete", "")], succeeded=1), pods=[done], versions=[], memory={}
+    )
+    plan = trd.decide(facts, SETTINGS, NOW)
+    assert plan.status["trainerImageDigest"] == digest
+    assert plan.register is not None and plan.register["spec"]["source"]["imageDigest"] == digest
+    assert plan.register["spec"]["source"]["image"] == SETTINGS.trainer_image  # the reference, as asked for
+    # a pod gone (TTL) later: the recorded digest stays; an imageID without a digest records none
+    later = trd.RunFacts(body=run_body(status=plan.desired), job=None, pods=[], versions=[], memory={})
+    assert "trainerImageDigest" not in (trd.decide(later, SETTINGS, NOW).status or {})  # unchanged: no patch
+    local = pod("Succeeded", exit_code=0, message=OK_RESULT)
+    local["status"]["containerStatuses"][0]["imageID"] = "import-2026-12-02@latest"
+    plain = trd.RunFacts(
+        body=run_body(), job=owned_job(conds=[("Complete", "")], succeeded=1), pods=[local], versions=[], memory={}
+    )
+    plan = trd.decide(plain, SETTINGS, NOW)
+    assert "trainerImageDigest" not in plan.status and "imageDigest" not in plan.register["spec"]["source"]
+
+
 def test_a_version_created_before_a_crash_is_adopted() -> None:
     mine = mv_obj(7)
     mine["metadata"]["labels"][k8s.LABEL_RUN_UID] = UID

@@ -175,7 +175,8 @@ def decide(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
     outcome = status.observe(run, job, facts.pods, now, facts.queue_detail)
     if wants_log_tail(outcome):
         outcome.log_tail = facts.log_tail
-    model_version, error, promoted = plan_registration(facts, run, outcome.result, settings, now, plan)
+    digest = status.image_digest(facts.pods, children.TRAINER_CONTAINER) or current.get("trainerImageDigest")
+    model_version, error, promoted = plan_registration(facts, run, outcome.result, settings, now, plan, digest)
     job_name = children.job_name(facts.meta["name"], facts.meta["uid"])
     desired = status.build_status(
         run,
@@ -188,6 +189,7 @@ def decide(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
         model_version=model_version,
         registration_error=error,
         promotion=promoted,
+        image_digest=digest,
     )
     if outcome.delete_job and job is not None:
         # The operator decided the run failed (start-up deadline): nothing may linger.
@@ -302,6 +304,7 @@ def plan_registration(
     settings: Settings,
     now: dt.datetime,
     plan: RunPlan,
+    image_digest: str | None = None,
 ) -> tuple[str | None, str | None, dict[str, Any] | None]:
     """(ModelVersion name, registration error, promotion record) of a succeeded run; plans the creation when
     it is due. A failure never hides the trained model: it is retried after REGISTRATION_RETRY_SECONDS."""
@@ -319,7 +322,9 @@ def plan_registration(
     image = run.spec.image or settings.trainer_image
     record = promotion_record(facts, run, result, registration.model_version_name(run.spec.model, version), now)
     try:
-        manifest = registration.build_model_version(run, facts.meta["uid"], result, version, image, record)
+        manifest = registration.build_model_version(
+            run, facts.meta["uid"], result, version, image, record, image_digest=image_digest
+        )
     except ValidationError as exc:
         return None, f"creating the ModelVersion failed: {exc}"[:1000], None
     manifest.pop("status", None)

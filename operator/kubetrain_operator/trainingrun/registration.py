@@ -73,6 +73,8 @@ def build_model_version(
     version: int,
     image: str,
     promoted: dict[str, Any] | None = None,
+    *,
+    image_digest: str | None = None,
 ) -> dict[str, Any]:
     """The ModelVersion manifest for a successful run (validated through the typed API). With a promotion
     record (spec.register.promote) it carries the decision as an annotation, and claims the alias when the
@@ -91,7 +93,7 @@ def build_model_version(
                 k8s.LABEL_MANAGED_BY: k8s.MANAGED_BY,
             },
         },
-        "spec": model_version_spec(run, uid, result, version, image),
+        "spec": model_version_spec(run, uid, result, version, image, image_digest),
     }
     if promoted is not None:
         manifest["metadata"]["annotations"] = {promotion.ANNOTATION_PROMOTION: promotion.annotation(promoted)}
@@ -100,7 +102,9 @@ def build_model_version(
     return ModelVersion.model_validate(manifest).model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def model_version_spec(run: TrainingRun, uid: str, result: contract.Result, version: int, image: str) -> dict[str, Any]:
+def model_version_spec(
+    run: TrainingRun, uid: str, result: contract.Result, version: int, image: str, image_digest: str | None = None
+) -> dict[str, Any]:
     """artifact, lineage, runtime, metrics and signature of the run's model, and the aliases it asks for."""
     name = run.metadata["name"]
     model = result.model or {}
@@ -128,6 +132,8 @@ def model_version_spec(run: TrainingRun, uid: str, result: contract.Result, vers
         spec["serviceAccountName"] = run.spec.service_account_name
     if model.get("size") is not None:
         spec["artifact"]["size"] = int(model["size"])
+    if image_digest:
+        spec["source"]["imageDigest"] = image_digest
     fingerprint = (result.dataset or {}).get("fingerprint")
     if fingerprint:
         spec["source"]["datasetFingerprint"] = str(fingerprint)[:128]

@@ -23,6 +23,7 @@ Semantics
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -346,6 +347,19 @@ def _condition(
     return k8s.condition(previous, ctype, status, reason, message, gen, format_time(now))
 
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def image_digest(pods: list[dict[str, Any]], container: str) -> str | None:
+    """The digest of the image ``container`` ran in, from the newest pod that reports one (its
+    ``containerStatuses[].imageID``, e.g. ``registry/trainer@sha256:...`` or ``sha256:...``)."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""), reverse=True):
+        found = _DIGEST.search(str(k8s.container_status(pod, container).get("imageID") or ""))
+        if found:
+            return found.group(0)
+    return None
+
+
 def build_status(
     run: TrainingRun,
     generation: int,
@@ -358,11 +372,14 @@ def build_status(
     model_version: str | None = None,
     registration_error: str | None = None,
     promotion: dict[str, Any] | None = None,
+    image_digest: str | None = None,
 ) -> dict[str, Any]:
     """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
     st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
     if job_name:
         st["jobName"] = job_name
+    if image_digest or current.get("trainerImageDigest"):
+        st["trainerImageDigest"] = image_digest or current.get("trainerImageDigest")
     attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0))
     if attempts:
         st["attempts"] = attempts
