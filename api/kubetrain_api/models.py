@@ -1095,6 +1095,23 @@ class AliasClaim(_Model):
     """metadata.generation at which the operator first saw the claim."""
 
 
+class AliasCheck(_Model):
+    """The check of a protected alias's claim: the artifact at its final location, just before the grant."""
+
+    alias: str = Field(max_length=63)
+    """The protected alias claimed."""
+    claim: str = Field(max_length=64)
+    """The claim it checked (its ``observed`` time in aliasClaims): a new claim is checked again."""
+    job: str = Field(max_length=63)
+    """The check Job (``python -m kubetrain_trainer verify`` on the artifact: exists, sha256, loads)."""
+    result: Literal["Passed", "Failed"]
+    """Passed: the alias may be granted; Failed: the claim is refused with the message."""
+    message: str = Field(default="", max_length=1024)
+    """What the check found."""
+    time: str = Field(max_length=64)
+    """When the operator recorded the result."""
+
+
 class ServingHint(_Model):
     """Where a serving runtime (KServe) finds the model."""
 
@@ -1142,6 +1159,8 @@ class ModelVersionStatus(_Model):
     """Each move of an alias on this version, oldest first (the last 50 are kept)."""
     alias_claims: Annotated[list[AliasClaim], Field(max_length=16)] = Field(default_factory=list)
     """The claims of spec.aliases with their times; the operator orders competing claims by them."""
+    alias_checks: Annotated[list[AliasCheck], Field(max_length=16)] = Field(default_factory=list)
+    """The artifact checks of protected-alias claims (one per claim), made when the alias is claimed."""
     serving: ServingHint | None = None
     """KServe-ready storage hint."""
     verification_job: str | None = None

@@ -155,3 +155,70 @@ def test_a_concurrent_writer_on_status_loses_and_duplicates_nothing(workspace: W
     assert names == [done["status"]["modelVersion"]], (names, done["status"])
     assert "Traceback" not in operator.log_text(), operator.log_text()[-4000:]
     assert len(list(ws.claim_dir(MODELS_CLAIM).rglob("model.joblib"))) == 1  # one artifact directory
+
+
+def _promote(ws: Workspace, name: str, alias: str = "production") -> None:
+    ws.kubectl("patch", "mv", name, "--type=merge", "-p", json.dumps({"spec": {"aliases": [alias]}}))
+
+
+def _check(ws: Workspace, name: str, timeout: float = 150) -> dict[str, Any]:
+    """The version once its production claim's check has a result."""
+
+    def done() -> dict[str, Any] | None:
+        obj = dict(ws.get("mv", name))
+        checks = (obj.get("status") or {}).get("aliasChecks") or []
+        return obj if checks else None
+
+    return wait_until(f"the check of {name}'s production claim", done, timeout)
+
+
+def test_an_artifact_altered_or_deleted_after_registration_is_refused_production(
+    workspace: Workspace, operator: Operator
+) -> None:
+    """Three Ready versions; after registration one artifact is altered and one deleted. Promoting each to
+    production (spec.aliases, as a user would): a check Job reads the artifact at its location for that
+    claim; the altered and the deleted are refused with what the check found (status, AliasRefused, Event),
+    the intact one is granted."""
+    ws = workspace
+    for run in ("altered", "deleted", "intact"):
+        ws.apply(iris_run(run))
+    names = {}
+    for run in ("altered", "deleted", "intact"):
+        done = ws.wait_phase(run, ("Succeeded", "Failed"), timeout=240)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        names[run] = done["status"]["modelVersion"]
+        wait_until(
+            f"{names[run]} Ready",
+            lambda n=names[run]: (ws.get("mv", n).get("status") or {}).get("phase") == "Ready",
+            120,
+        )
+    models = ws.claim_dir(MODELS_CLAIM)
+    with (models / "altered" / "model.joblib").open("ab") as handle:
+        handle.write(b"tampered")
+    (models / "deleted" / "model.joblib").unlink()
+    for run in ("altered", "deleted", "intact"):
+        _promote(ws, names[run])
+        obj = _check(ws, names[run])
+        (check,) = obj["status"]["aliasChecks"]
+        print(run, check)
+        if run == "intact":
+            assert check["result"] == "Passed", check
+            wait_until(
+                "intact holds production",
+                lambda: ws.get("mv", names["intact"])["status"].get("aliases") == ["production"],
+                30,
+            )
+            continue
+        assert check["result"] == "Failed", check
+        expected = "checksum mismatch" if run == "altered" else "not found"
+        assert expected in check["message"], check
+        status = ws.get("mv", names[run])["status"]
+        assert status.get("aliases") == [], status
+        refused = next(c for c in status["conditions"] if c["type"] == "AliasRefused")
+        assert refused["status"] == "True" and "check of" in refused["message"], refused
+        assert status["aliasHistory"][-1]["action"] == "Refused", status["aliasHistory"]
+    events = ws.get("events", "--field-selector", "reason=AliasRefused")["items"]
+    assert {e["involvedObject"]["name"] for e in events} == {names["altered"], names["deleted"]}, events
+    # one check Job per claim, none for the versions' registration (the trainer vouched for those)
+    jobs = [j["metadata"]["name"] for j in ws.get("jobs", "-l", "kubetrain.io/component=verify")["items"]]
+    assert len(jobs) == 3 and all("-check-" in j for j in jobs), jobs

@@ -265,6 +265,73 @@ def test_hand_registered_version_is_verified_by_its_job_without_polling() -> Non
     assert st["phase"] == "Failed" and st["conditions"][0]["reason"] == "ChecksumMismatch"
 
 
+def _merge_status(obj: dict[str, Any], plan: mvd.ModelPlan) -> dict[str, Any]:
+    """``obj`` as the API server holds it after the plan's status patch (a JSON merge of the top keys)."""
+    patch = next((p["status"] for c, p in plan.patch if c.name == obj["metadata"]["name"] and "status" in p), {})
+    return {**obj, "status": {**(obj.get("status") or {}), **patch}}
+
+
+def _check_job(obj: dict[str, Any], name: str, condition: str | None) -> dict[str, Any]:
+    j = mv_children.build_verify_job(obj, SETTINGS, name)
+    j["status"] = {"conditions": [{"type": condition, "status": "True"}] if condition else []}
+    return j
+
+
+@pytest.mark.parametrize("outcome", ["Complete", "Failed"])
+def test_production_is_granted_only_after_a_check_of_the_artifact_at_promotion_time(outcome: str) -> None:
+    """A Ready version claims production (a user added it to spec.aliases, generation 2): the claim waits
+    for a check Job (verify: exists, sha256, loads) made for that claim; Passed → granted in the pass that
+    records it; Failed → refused with what the check found, and production stays with its holder."""
+    holder = mv_obj(1, aliases=("production",), status={"phase": "Ready", "aliases": ["production"]})
+    obj = mv_obj(2, status={"phase": "Ready", "passedThresholds": True})
+    obj["metadata"]["generation"] = 2
+    obj["spec"]["aliases"] = ["production"]
+    first = mvd.decide(_model(mvd.VersionFacts(obj=holder), mvd.VersionFacts(obj=obj)), SETTINGS, NOW)
+    obj = _merge_status(obj, first)
+    (claim,) = obj["status"]["aliasClaims"]
+    name = mv_children.check_job_name(obj, "production", claim["observed"])
+    assert [j["metadata"]["name"] for j in first.create] == [name]
+    assert first.create[0]["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] == SHA
+    assert obj["status"]["aliases"] == [] and _merge_status(holder, first)["status"]["aliases"] == ["production"]
+    assert mvd.pending_checks(obj, frozenset({"production"})) == [("production", claim["observed"], name)]
+    # the Job still running: nothing new, no second Job
+    running = mvd.VersionFacts(obj=obj, checks={name: (_check_job(obj, name, None), None)})
+    again = mvd.decide(_model(mvd.VersionFacts(obj=holder), running), SETTINGS, NOW)
+    assert not again.create and _merge_status(obj, again)["status"]["aliases"] == []
+    message = "checksum mismatch: the file's sha256 is 0000 not " + SHA[:12]
+    done = mvd.VersionFacts(obj=obj, checks={name: (_check_job(obj, name, outcome), message)})
+    plan = mvd.decide(_model(mvd.VersionFacts(obj=holder), done), SETTINGS, NOW)
+    after = _merge_status(obj, plan)["status"]
+    (check,) = after["aliasChecks"]
+    assert (check["alias"], check["claim"], check["job"]) == ("production", claim["observed"], name)
+    if outcome == "Complete":
+        assert check["result"] == "Passed" and after["aliases"] == ["production"], after
+        assert _merge_status(holder, plan)["status"]["aliases"] == []
+    else:
+        assert check["result"] == "Failed" and message in check["message"], check
+        assert after["aliases"] == [] and _merge_status(holder, plan)["status"]["aliases"] == ["production"]
+        refused = next(c for c in after["conditions"] if c["type"] == "AliasRefused")
+        assert refused["status"] == "True" and message in refused["message"], refused
+        assert any(e.reason == "AliasRefused" and message in e.message for _, e in plan.posts)
+        assert after["aliasHistory"][-1]["action"] == "Refused"
+    assert not plan.create
+    # recorded: the next pass reads no check Job and changes nothing
+    settled = _merge_status(obj, plan)
+    assert mvd.pending_checks(settled, frozenset({"production"})) == []
+
+
+def test_no_check_for_a_held_alias_or_a_run_version_claiming_it_at_creation() -> None:
+    held = mv_obj(1, aliases=("production",), status={"phase": "Ready", "aliases": ["production"]})
+    held["metadata"]["generation"] = 3
+    fresh = mv_obj(2, aliases=("production",), status={"phase": "Ready", "passedThresholds": True})  # gen 1, run
+    plan = mvd.decide(_model(mvd.VersionFacts(obj=held), mvd.VersionFacts(obj=fresh)), SETTINGS, NOW)
+    assert not plan.create
+    assert _merge_status(fresh, plan)["status"]["aliases"] == ["production"]  # the newer claim wins at once
+    hand = mv_obj(3, aliases=("production",), status={"phase": "Ready"}, run=False)
+    plan = mvd.decide(_model(mvd.VersionFacts(obj=hand)), SETTINGS, NOW)
+    assert len(plan.create) == 1 and _merge_status(hand, plan)["status"]["aliases"] == []
+
+
 def test_second_claimant_of_a_version_number_fails_with_version_conflict() -> None:
     first, dup = _pending(mv_obj(1, run=False)), _pending(mv_obj(1, run=False))
     first["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"

@@ -58,6 +58,20 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One recorded promotion-time check (status.aliasChecks[])."""
+
+    alias: str
+    claim: str
+    job: str
+    result: str
+    message: str = ""
+
+
+CHECK_PASSED, CHECK_FAILED = "Passed", "Failed"
+
+
+@dataclass(frozen=True)
 class VersionView:
     """What the registry needs to know about one ModelVersion object."""
 
@@ -76,6 +90,7 @@ class VersionView:
     history: tuple[dict[str, Any], ...] = ()
     aliases_write_time: str | None = None
     creation_timestamp: str = ""
+    checks: tuple[Check, ...] = ()
 
     @classmethod
     def from_obj(cls, obj: Mapping[str, Any]) -> VersionView:
@@ -103,6 +118,11 @@ class VersionView:
             history=tuple(status.get("aliasHistory") or ()),
             aliases_write_time=aliases_write_time(meta),
             creation_timestamp=meta.get("creationTimestamp", ""),
+            checks=tuple(
+                Check(c["alias"], c.get("claim", ""), c.get("job", ""), c.get("result", ""), c.get("message", ""))
+                for c in status.get("aliasChecks") or ()
+                if c.get("alias")
+            ),
         )
 
 
@@ -147,9 +167,24 @@ class AliasOutcome:
     """alias → why (protected claim of a version not yet verified)."""
     new_events: list[dict[str, Any]] = field(default_factory=list)
     """aliasHistory entries to append (Assigned, Removed, Superseded, Refused)."""
+    check: dict[str, Claim] = field(default_factory=dict)
+    """alias → the claim whose promotion-time artifact check is still to be made (a check Job)."""
 
 
-def _refusal(view: VersionView, alias: str, protected: Iterable[str]) -> tuple[str | None, str | None]:
+def needs_check(view: VersionView, alias: str, claim: Claim, protected: Iterable[str]) -> bool:
+    """Whether granting ``alias`` to ``view`` for ``claim`` waits on a promotion-time artifact check."""
+    if alias not in protected or alias in view.status_aliases:
+        return False
+    return not (view.from_run and claim.generation == 1)  # the trainer's read-back at registration
+
+
+def check_of(view: VersionView, alias: str, claim: Claim) -> Check | None:
+    return next((c for c in view.checks if c.alias == alias and c.claim == claim.observed), None)
+
+
+def _refusal(
+    view: VersionView, alias: str, protected: Iterable[str], claim: Claim | None = None
+) -> tuple[str | None, str | None]:
     """(refused reason, waiting reason) of ``view`` claiming ``alias``; both None when it may hold it."""
     if view.phase == PHASE_FAILED:
         return f"{view.name} failed (phase Failed); a failed version holds no alias", None
@@ -158,6 +193,12 @@ def _refusal(view: VersionView, alias: str, protected: Iterable[str]) -> tuple[s
             return f"{alias} is protected and {view.name} missed its run's thresholds", None
         if view.phase != PHASE_READY:
             return None, f"{alias} is protected: waits until {view.name} is verified (phase {view.phase or 'Pending'})"
+        if claim is not None and needs_check(view, alias, claim, protected):
+            check = check_of(view, alias, claim)
+            if check is None:
+                return None, f"{alias} is protected: waits for the check of {view.name}'s artifact at its location"
+            if check.result != CHECK_PASSED:
+                return f"{alias} is protected and the check of {view.name}'s artifact failed: {check.message}", None
     return None, None
 
 
@@ -187,11 +228,13 @@ def resolve_aliases(views: Sequence[VersionView], protected: Iterable[str], now:
     for alias, claimants in by_alias.items():
         eligible = []
         for v, c in claimants:
-            refused, waiting = _refusal(v, alias, protected)
+            refused, waiting = _refusal(v, alias, protected, c)
             if refused:
                 out[v.name].refused[alias] = refused
             elif waiting:
                 out[v.name].waiting[alias] = waiting
+                if v.phase == PHASE_READY and needs_check(v, alias, c, protected) and check_of(v, alias, c) is None:
+                    out[v.name].check[alias] = c
             else:
                 eligible.append((v, c))
         if eligible:

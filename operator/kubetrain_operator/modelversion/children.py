@@ -15,6 +15,8 @@ from .status import artifact_dir
 
 COMPONENT_VERIFY = "verify"
 COMPONENT_CLEANUP = "cleanup"
+#: The name part of a promotion-time check Job (a verification Job like the others: same pod, same labels).
+COMPONENT_CHECK = "check"
 #: kubetrain.io/component → app.kubernetes.io/component of the child (never "trainer": those are runs').
 _APP_COMPONENT = {COMPONENT_VERIFY: k8s.COMPONENT_VERIFY, COMPONENT_CLEANUP: k8s.COMPONENT_CLEANUP}
 VERIFY_DEADLINE_SECONDS = 600
@@ -70,7 +72,15 @@ def verify_job_name(mv: Mapping[str, Any]) -> str:
     return child_job_name(mv["metadata"]["name"], COMPONENT_VERIFY, mv["metadata"]["uid"], art["uri"], art["sha256"])
 
 
-def build_verify_job(mv: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+def check_job_name(mv: Mapping[str, Any], alias: str, claim: str) -> str:
+    """Deterministic: one promotion-time check Job per (version, alias, claim, artifact)."""
+    art = mv["spec"]["artifact"]
+    return child_job_name(
+        mv["metadata"]["name"], COMPONENT_CHECK, mv["metadata"]["uid"], alias, claim, art["uri"], art["sha256"]
+    )
+
+
+def build_verify_job(mv: Mapping[str, Any], settings: Settings, name: str | None = None) -> dict[str, Any]:
     """The Job that runs ``python -m kubetrain_trainer verify`` on an artifact the operator cannot trust.
 
     pvc:// artifacts: the claim is mounted read-only at ``<pvc mount root>/<claim>`` and
@@ -94,7 +104,7 @@ def build_verify_job(mv: Mapping[str, Any], settings: Settings) -> dict[str, Any
         command=command, env=env, **env_from, resources=RESOURCES,
     )  # fmt: skip
     pod = k8s.restricted_pod_spec(container, volumes, spec.get("serviceAccountName"), tmp_size="1Gi")
-    return _job(mv, verify_job_name(mv), COMPONENT_VERIFY, pod, VERIFY_DEADLINE_SECONDS)
+    return _job(mv, name or verify_job_name(mv), COMPONENT_VERIFY, pod, VERIFY_DEADLINE_SECONDS)
 
 
 def cleanup_target(mv: Mapping[str, Any], others: Iterable[Mapping[str, Any]] = ()) -> str | None:

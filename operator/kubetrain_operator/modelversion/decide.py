@@ -57,6 +57,8 @@ class VersionFacts:
     """Its verification Job (its cleanup Job while it is being deleted)."""
     job_message: str | None = None
     """The termination message of the finished Job's last pod."""
+    checks: dict[str, tuple[dict[str, Any] | None, str | None]] = field(default_factory=dict)
+    """Promotion-time check Jobs by name (``pending_checks``): (the Job or None, its failure message)."""
 
     @property
     def name(self) -> str:
@@ -107,6 +109,44 @@ def wants_cleanup(obj: Mapping[str, Any]) -> bool:
     return (obj.get("spec") or {}).get("deletionPolicy") == "Delete"
 
 
+def pending_checks(obj: Mapping[str, Any], protected: AbstractSet[str]) -> list[tuple[str, str, str]]:
+    """(alias, claim, Job name) of each recorded protected claim whose promotion-time check has no result yet
+    (what gather reads: those Jobs)."""
+    view = aliases.VersionView.from_obj(obj)
+    if view.phase != mvs.PHASE_READY or view.deleting:
+        return []
+    out = []
+    for claim in view.claims:
+        if (
+            claim.alias in view.spec_aliases
+            and aliases.needs_check(view, claim.alias, claim, protected)
+            and aliases.check_of(view, claim.alias, claim) is None
+        ):
+            out.append((claim.alias, claim.observed, children.check_job_name(obj, claim.alias, claim.observed)))
+    return out
+
+
+def check_patches(v: VersionFacts, settings: Settings, now: str) -> dict[str, Any]:
+    """``aliasChecks`` with the result of every finished check Job of ``v`` added ({} when none finished)."""
+    recorded = list((v.obj.get("status") or {}).get("aliasChecks") or [])
+    added = False
+    for alias, claim, name in pending_checks(v.obj, frozenset(settings.protected_aliases)):
+        job, message = v.checks.get(name, (None, None))
+        state = k8s.job_state(job) if job is not None else k8s.JOB_RUNNING
+        if job is not None and not k8s.owned_by(job, v.obj["metadata"]["uid"]):
+            state, message = k8s.JOB_FAILED, f"Job {name} exists and is not owned by this ModelVersion"
+        if state == k8s.JOB_SUCCEEDED:
+            result, text = aliases.CHECK_PASSED, "the artifact is at its location, its sha256 matches and it loads"
+        elif state == k8s.JOB_FAILED:
+            result, text = aliases.CHECK_FAILED, message or job_failure(job or {})
+        else:
+            continue
+        entry = {"alias": alias, "claim": claim, "job": name, "result": result, "message": text[:1024], "time": now}
+        recorded = [c for c in recorded if c.get("alias") != alias] + [entry]  # the newest claim's check only
+        added = True
+    return {"aliasChecks": recorded[-16:]} if added else {}
+
+
 # ---- decide ---------------------------------------------------------------------------------------------------
 
 
@@ -116,11 +156,17 @@ def decide(facts: ModelFacts, settings: Settings, now: dt.datetime) -> ModelPlan
     stamp = k8s.format_time(now)
     live = [v for v in facts.versions if not v.deleting]
     phase_patches = {v.name: settle(v, facts, settings, stamp, plan) for v in live}
+    for v in live:
+        checked = check_patches(v, settings, stamp)
+        if checked:
+            phase_patches[v.name] = {**(phase_patches.get(v.name) or {}), **checked}
     for name, record in promotion_patches(live).items():
         phase_patches[name] = {**(phase_patches.get(name) or {}), "promotion": record}
     history = promotion_history([v.obj for v in live], stamp)
     synthetic = [_merged(v.obj, phase_patches.get(v.name) or {}) for v in facts.versions]
-    status_patches = alias_patches(synthetic, settings, k8s.format_time(now, micro=True), plan, history)
+    status_patches = alias_patches(
+        synthetic, settings, k8s.format_time(now, micro=True), plan, history, {v.name: v.checks for v in live}
+    )
     for name, patch in phase_patches.items():
         if patch:
             status_patches[name] = {**patch, **status_patches.get(name, {})}
@@ -308,15 +354,22 @@ def alias_patches(
     now: str,
     plan: ModelPlan,
     extra_history: Mapping[str, list[dict[str, Any]]] | None = None,
+    check_jobs: Mapping[str, Mapping[str, tuple[dict[str, Any] | None, str | None]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The alias fields of every live version whose effective aliases (claims, history) change;
-    ``extra_history`` adds aliasHistory entries by version name (promotion decisions)."""
+    ``extra_history`` adds aliasHistory entries by version name (promotion decisions). A protected claim
+    still to be checked gets its check Job (unless ``check_jobs``, what gather found, already has it)."""
     outcomes = aliases.resolve_aliases([aliases.VersionView.from_obj(o) for o in objs], settings.protected_aliases, now)
     out: dict[str, dict[str, Any]] = {}
     for obj in objs:
         if obj["metadata"].get("deletionTimestamp"):
             continue
         outcome = outcomes[obj["metadata"]["name"]]
+        found = (check_jobs or {}).get(obj["metadata"]["name"]) or {}
+        for alias, claim in sorted(outcome.check.items()):
+            name = children.check_job_name(obj, alias, claim.observed)
+            if (found.get(name) or (None, None))[0] is None:
+                plan.create.append(children.build_verify_job(obj, settings, name))
         outcome.new_events.extend((extra_history or {}).get(obj["metadata"]["name"], []))
         patch = aliases.alias_status_patch(obj, outcome, now)
         if patch is None:

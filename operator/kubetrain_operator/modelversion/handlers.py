@@ -80,8 +80,15 @@ class ModelVersionReconciler:
 
 
 async def _version_facts(namespace: str, obj: dict[str, Any]) -> VersionFacts:
-    """The reads one version's phase depends on: its run (lineage), its verification or cleanup Job."""
+    """The reads one version's phase depends on: its run (lineage), its verification or cleanup Job, and the
+    check Jobs of its protected-alias claims."""
     facts = VersionFacts(obj=obj)
+    for _alias, _claim, name in decide.pending_checks(obj, frozenset(get_settings().protected_aliases)):
+        job = await kube.get_job(namespace, name)
+        message = None
+        if job is not None and k8s.job_state(job) == k8s.JOB_FAILED:
+            message = await _termination_message(namespace, name)
+        facts.checks[name] = (job, message)
     if facts.deleting:
         if decide.wants_cleanup(obj) and k8s.FINALIZER in (obj["metadata"].get("finalizers") or ()):
             target = children.cleanup_target(obj)

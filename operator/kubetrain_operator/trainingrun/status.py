@@ -376,10 +376,8 @@ def build_status(
 ) -> dict[str, Any]:
     """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
     st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
-    if job_name:
-        st["jobName"] = job_name
-    if image_digest or current.get("trainerImageDigest"):
-        st["trainerImageDigest"] = image_digest or current.get("trainerImageDigest")
+    kept = (("jobName", job_name), ("trainerImageDigest", image_digest or current.get("trainerImageDigest")))
+    st.update({key: value for key, value in kept if value})
     attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0))
     if attempts:
         st["attempts"] = attempts
@@ -392,10 +390,9 @@ def build_status(
     elif progress or current.get("progress"):
         st["progress"] = progress or current.get("progress")
     st.update(_result_fields(run, outcome))
-    if model_version or current.get("modelVersion"):
-        st["modelVersion"] = model_version or current.get("modelVersion")
-    if promotion or current.get("promotion"):
-        st["promotion"] = promotion or current.get("promotion")
+    for key, value in (("modelVersion", model_version), ("promotion", promotion)):
+        if value or current.get(key):
+            st[key] = value or current.get(key)
     if outcome.phase == FAILED:
         st["failure"] = _failure(outcome)
     prev_conds: list[dict[str, Any]] = list(current.get("conditions") or [])
