@@ -210,6 +210,7 @@ class LeaderElector:
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
         self._lost = False
+        self._conflict = False
 
     # --- I/O ---------------------------------------------------------------------------------------------
 
@@ -257,6 +258,7 @@ class LeaderElector:
 
         loop = asyncio.get_running_loop()
         sent = loop.time()
+        self._conflict = False
         try:
             # A leader that knows its last write replaces on top of it without reading first.
             if self.leader and self._obs is not None and self._obs.record is not None:
@@ -274,6 +276,7 @@ class LeaderElector:
             written = await self._write(record, spec)
         except ApiError as exc:
             if exc.status.code == 409:
+                self._conflict = True
                 log.info("leader election: the Lease changed under us (409); reading it again")
             else:
                 log.warning("leader election: %s %s: %s", exc.status.code, exc.status.reason, exc.status.message)
@@ -371,7 +374,9 @@ class LeaderElector:
                 if self.holder and self.holder != self.identity:
                     self._lose(f"the Lease is held by {self.holder}")
                     return
-                interval = self.retry_interval  # not renewed: retry soon; the deadline timer is the bound
+                # Not renewed: after a 409 read the Lease at once (someone else wrote it: maybe a new holder),
+                # else retry soon (never twice at once: no tight loop); the deadline timer is the bound.
+                interval = 0 if self._conflict and interval else self.retry_interval
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug here must not leave a leader that no longer renews

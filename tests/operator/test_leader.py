@@ -161,3 +161,24 @@ def test_one_leader_a_standby_and_takeover_after_kill(workspace: Workspace, two_
     standby.stop()
     assert standby.proc is not None and standby.proc.returncode == 0, standby.log_text()[-2000:]
     assert lease_holder(ws) is None
+
+
+def test_a_leader_that_loses_its_lease_exits_at_once(workspace: Workspace, two_operators: list[Operator]) -> None:
+    """Another holder written into the Lease (as a standby would after an expiry it saw): the leader's next
+    renewal gets 409, reads the Lease, and the process exits with status 3 within a renew interval or two,
+    without waiting for kopf to wind down."""
+    from kubetrain_operator.leader import LOST_LEASE_EXIT_CODE
+
+    ws, op = workspace, two_operators[0]
+    op.start(**election_env(ws))
+    wait_until("the operator leads", lambda: leader_status(op)[0] == 200, 90, 0.3)
+    assert "kubetrain settings:" in op.log_text()
+    patch = {"spec": {"holderIdentity": "a-thief", "renewTime": "2026-01-01T00:00:00.000000Z"}}
+    ws.kubectl("patch", "lease", LEASE, "--type=merge", "-p", json.dumps(patch))
+    stolen = time.monotonic()
+    code = op.wait_exit(timeout=15)
+    print(f"exited {code} {time.monotonic() - stolen:.1f}s after the Lease was taken")
+    assert code == LOST_LEASE_EXIT_CODE, op.log_text()[-2000:]
+    assert time.monotonic() - stolen < 6  # one renew interval (3 s), then an immediate re-read after the 409
+    assert "lost the Lease (the Lease is held by a-thief)" in op.log_text()
+    assert lease_holder(ws) == "a-thief"  # not released: it is not ours any more
