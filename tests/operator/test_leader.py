@@ -169,10 +169,17 @@ def test_a_leader_that_loses_its_lease_exits_at_once(workspace: Workspace, two_o
     without waiting for kopf to wind down."""
     from kubetrain_operator.leader import LOST_LEASE_EXIT_CODE
 
-    ws, op = workspace, two_operators[0]
+    ws, (op, standby) = workspace, two_operators
     op.start(**election_env(ws))
     wait_until("the operator leads", lambda: leader_status(op)[0] == 200, 90, 0.3)
     assert "kubetrain settings:" in op.log_text()
+    # A standby stops cleanly on SIGTERM while it waits (no kopf to stop), and leaves the Lease alone.
+    standby.start(**election_env(ws))
+    wait_until("a standby", lambda: leader_status(standby)[0] == 503, 60, 0.3)
+    holder = lease_holder(ws)
+    standby.stop()
+    assert standby.proc is not None and standby.proc.returncode == 0, standby.log_text()[-2000:]
+    assert "stopped while standby" in standby.log_text() and lease_holder(ws) == holder
     patch = {"spec": {"holderIdentity": "a-thief", "renewTime": "2026-01-01T00:00:00.000000Z"}}
     ws.kubectl("patch", "lease", LEASE, "--type=merge", "-p", json.dumps(patch))
     stolen = time.monotonic()
