@@ -79,6 +79,8 @@ def test_chart_renders_restricted_leader_and_standby_operator(bins: dict[str, st
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     assert pdb["spec"]["minAvailable"] == 1
+    (spread,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread["podAffinityTerm"]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
 
 
 def test_chart_renders_one_replica_without_leader_election(bins: dict[str, str]) -> None:
@@ -88,6 +90,7 @@ def test_chart_renders_one_replica_without_leader_election(bins: dict[str, str])
     env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "KUBETRAIN_LEADER_ELECTION" not in env
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "PodDisruptionBudget")]
+    assert "affinity" not in deploy["spec"]["template"]["spec"]
 
 
 def test_chart_refuses_two_replicas_without_leader_election(bins: dict[str, str]) -> None:
