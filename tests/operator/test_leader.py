@@ -189,3 +189,29 @@ def test_a_leader_that_loses_its_lease_exits_at_once(workspace: Workspace, two_o
     assert time.monotonic() - stolen < 6  # one renew interval (3 s), then an immediate re-read after the 409
     assert "lost the Lease (the Lease is held by a-thief)" in op.log_text()
     assert lease_holder(ws) == "a-thief"  # not released: it is not ours any more
+
+
+def test_a_frozen_leader_exits_when_it_wakes_after_the_takeover(
+    workspace: Workspace, two_operators: list[Operator]
+) -> None:
+    """SIGSTOP of the leader (a frozen node, a long GC pause) for longer than the lease: the standby takes over;
+    on SIGCONT the old leader's renew deadline has passed and it exits with status 3 instead of reconciling
+    next to the new leader."""
+    import os
+    import signal
+
+    from kubetrain_operator.leader import LOST_LEASE_EXIT_CODE
+
+    ws, ops = workspace, two_operators
+    for op in ops:
+        op.start(**election_env(ws))
+    lead, standby, identity = wait_until("one leader and one standby", lambda: current_leader(ops), 90, 0.3)
+    assert lead.proc is not None
+    os.killpg(lead.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until("the standby leads", lambda: leader_status(standby)[0] == 200, TAKEOVER_BOUND + 5, 0.2)
+        assert lease_holder(ws) not in (None, identity)
+    finally:
+        os.killpg(lead.proc.pid, signal.SIGCONT)
+    assert lead.wait_exit(timeout=10) == LOST_LEASE_EXIT_CODE, lead.log_text()[-2000:]
+    assert leader_status(standby)[0] == 200
