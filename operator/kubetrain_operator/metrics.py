@@ -1,5 +1,7 @@
 """Prometheus metrics of the operator (low cardinality: kind, result, namespace, phase, reason — never run
-names) and the small HTTP server that serves ``/metrics`` and ``/healthz``."""
+names) and the small HTTP server that serves ``/metrics``, ``/healthz`` (liveness), ``/readyz`` (readiness:
+a standby is ready too, or rolling updates and ``helm --wait`` would hang) and ``/leader`` (200 only on the
+replica that holds the Lease and runs the handlers, 503 on a standby)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,18 @@ RUN_DURATION = Histogram(
     buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
 )
 
+LEADER = Gauge(
+    "kubetrain_leader", "1 while this replica holds the leader Lease and runs the handlers, 0 while it is a standby"
+)
+
 _phases: dict[tuple[str, str], str] = {}
+_leader: dict[str, object] = {"leader": False, "identity": None}
+
+
+def set_leader(identity: str | None, leader: bool) -> None:
+    """Record whether this process leads (the gauge and ``/leader``)."""
+    _leader.update(leader=leader, identity=identity)
+    LEADER.set(1 if leader else 0)
 
 
 def observe_phase(namespace: str, name: str, phase: str | None) -> None:
@@ -82,15 +95,21 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def _leader_status(_: web.Request) -> web.Response:
+    return web.json_response(dict(_leader), status=200 if _leader["leader"] else 503)
+
+
 async def start_server(port: int) -> web.AppRunner | None:
-    """Serve /metrics and /healthz on ``port`` (0 = off)."""
+    """Serve /metrics, /healthz, /readyz and /leader on ``port`` (0 = off)."""
     if not port:
         return None
     app = web.Application()
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _healthz)
+    app.router.add_get("/leader", _leader_status)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port).start()
-    log.info("serving /metrics and /healthz on :%d", port)
+    log.info("serving /metrics, /healthz, /readyz and /leader on :%d", port)
     return runner

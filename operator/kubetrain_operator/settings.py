@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from kubetrain_api.models import MLFLOW_URI_PATTERN
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetrain/trainer:0.1.0"
@@ -60,6 +60,28 @@ class Settings(BaseSettings):
     bound on a watch that went silent without being closed (0 = none, then only kopf's 70 s inactivity
     timeout). Keep it above the server timeout."""
 
+    leader_election: bool = False
+    """Hold the Lease ``leader_lease_name`` before running any handler (the chart turns it on for its
+    replicas; off by default: one process outside a cluster, and the tests' subprocesses)."""
+    leader_lease_name: str = Field(default="kubetrain-operator", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the coordination.k8s.io/v1 Lease the replicas compete for."""
+    leader_lease_namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Namespace of the Lease (default: the pod's own namespace, ``POD_NAMESPACE``)."""
+    leader_lease_seconds: float = Field(default=10.0, gt=0)
+    """``leaseDurationSeconds`` written in the Lease: a standby takes over this long after it last saw the
+    Lease change."""
+    leader_renew_seconds: float = Field(default=3.0, gt=0)
+    """Seconds between the leader's renewals."""
+    leader_renew_deadline_seconds: float = Field(default=8.0, gt=0)
+    """The leader exits (non-zero) when no renewal has succeeded for this long: below the lease duration,
+    so it stops before a standby can take over."""
+    leader_retry_seconds: float = Field(default=2.0, gt=0)
+    """Seconds between a standby's looks at the Lease (and between retries of a failed renewal)."""
+    pod_name: str | None = Field(default=None, validation_alias=AliasChoices("POD_NAME", "pod_name"))
+    """The pod's name (``POD_NAME``, the downward API): the start of the leader identity."""
+    pod_namespace: str | None = Field(default=None, validation_alias=AliasChoices("POD_NAMESPACE", "pod_namespace"))
+    """The pod's namespace (``POD_NAMESPACE``, the downward API): the Lease's default namespace."""
+
     mlflow_tracking_uri: str | None = Field(default=None, pattern=MLFLOW_URI_PATTERN, max_length=2048)
     """MLflow server of runs whose spec.tracking.mlflow names none (http(s)://, no credentials; unset = runs
     are tracked only when their spec says so)."""
@@ -93,6 +115,22 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/") or "/"
 
+    @model_validator(mode="after")
+    def _leader_timings(self) -> Settings:
+        # client-go's rule: renew interval < renew deadline < lease duration, or a leader that cannot renew
+        # is still running when a standby takes over.
+        if not (self.leader_renew_seconds < self.leader_renew_deadline_seconds < self.leader_lease_seconds):
+            raise ValueError(
+                "need leader_renew_seconds < leader_renew_deadline_seconds < leader_lease_seconds, got "
+                f"{self.leader_renew_seconds} / {self.leader_renew_deadline_seconds} / {self.leader_lease_seconds}"
+            )
+        return self
+
+    @property
+    def lease_namespace(self) -> str:
+        """Where the Lease lives: the setting, else the pod's namespace, else ``default``."""
+        return self.leader_lease_namespace or self.pod_namespace or "default"
+
     @property
     def default_requests(self) -> dict[str, str]:
         return {"cpu": self.default_cpu_request, "memory": self.default_memory_request}
@@ -110,8 +148,10 @@ class Settings(BaseSettings):
             values = {name: env[var] for name, var in env_names().items() if env.get(var, "").strip()}
             return cls.model_validate(values)
         except ValidationError as exc:
+            names = env_names()
             problems = "; ".join(
-                f"{ENV_PREFIX}{str(e['loc'][0]).upper()}={e['input']!r}: {e['msg']}" for e in exc.errors()
+                f"{names.get(str(e['loc'][0]), str(e['loc'][0]))}={e['input']!r}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()
             )
             raise ValueError(f"invalid operator settings: {problems}") from None
 
@@ -121,8 +161,13 @@ class Settings(BaseSettings):
 
 
 def env_names() -> dict[str, str]:
-    """Field name → environment variable."""
-    return {name: ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    """Field name → environment variable (``KUBETRAIN_`` + the name; the downward API's ``POD_NAME`` and
+    ``POD_NAMESPACE`` as they are)."""
+    out = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        out[name] = str(alias.choices[0]) if isinstance(alias, AliasChoices) else ENV_PREFIX + name.upper()
+    return out
 
 
 _current: Settings | None = None

@@ -1,4 +1,5 @@
-"""Operator-wide kopf configuration, login and the metrics server: one ``@kopf.on.startup``."""
+"""Operator-wide kopf configuration and login: one ``@kopf.on.startup``. (The metrics server is started by
+``__main__`` before kopf, so that a standby serves its probes while it waits for the Lease.)"""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from typing import Any
 
 import kopf
 
-from . import cache, kube, metrics
+from . import cache, kube
 from .k8s import OWNED_SELECTOR
 from .settings import get_settings
 
 PREFIX = "kubetrain.io"
 #: kopf's delays between retries of a failed API request: short at first, never above 5 s, ~5 min in total.
 API_ERROR_BACKOFFS: tuple[float, ...] = (1, 2, 3, 5) + (5,) * 58
-_server: Any = None
 
 
 @kopf.on.startup()
@@ -23,8 +23,7 @@ async def configure(
     settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **kwargs: Any
 ) -> None:
     """Trigger: operator start. Effect: deliberate kopf settings, our settings read once, the engine's reads
-    served from kopf's indexes (``cache``), /metrics served."""
-    global _server
+    served from kopf's indexes (``cache``)."""
     # The watch cache is opt-in until the startup-deadline tests pass with it (see cache.py):
     # KUBETRAIN_WATCH_CACHE=1 serves the engine's reads from kopf's indexes.
     if os.environ.get("KUBETRAIN_WATCH_CACHE") == "1":
@@ -42,7 +41,9 @@ async def configure(
     # Events for transitions are posted explicitly (kopf.event); handler log lines are not posted.
     settings.posting.loggers = False
     settings.posting.reporting_component = "kubetrain-operator"
-    # One replica (Deployment strategy Recreate): no peering.
+    # No kopf peering (not a lease: equal priorities freeze everything, kopf#734): one process runs the
+    # handlers because __main__ starts kopf only once it holds our Lease (leader.py), or because only one
+    # runs (leader election off).
     settings.peering.standalone = True
     # Watch streams: bounded server-side, client timeout above it (the bound on a silently stalled
     # stream, besides kopf's inactivity timeout), fast reconnects.
@@ -60,7 +61,6 @@ async def configure(
     settings.watching.label_selectors["", "v1", "pods"] = OWNED_SELECTOR
     _queueing_and_logging(settings)
     settings.networking.request_timeout = 60
-    _server = await metrics.start_server(ours.metrics_port)
 
 
 def _queueing_and_logging(settings: kopf.OperatorSettings) -> None:
@@ -85,9 +85,7 @@ def _queueing_and_logging(settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    """Trigger: operator stop. Effect: HTTP server and API client closed."""
-    if _server is not None:
-        await _server.cleanup()
+    """Trigger: operator stop. Effect: the API client closed."""
     await kube.close()
 
 

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -59,12 +60,14 @@ def helm_release(cluster: Cluster) -> Any:
     _helm_uninstall(cluster, release, ns)
 
 
-def _allowed(cluster: Cluster, user: str, verb: str, resource: str) -> bool:
+def _allowed(cluster: Cluster, user: str, verb: str, resource: str, namespace: str = "", name: str = "") -> bool:
     """What RBAC grants ``user``, asked with a SubjectAccessReview. (Not ``kubectl auth can-i``: it resolves
     the resource through discovery first, so its answer for another project's CRD, e.g. Kueue's
     workloads, depends on whether an earlier test happened to install that CRD.)"""
-    name, _, subresource = resource.partition("/")
-    plural, _, group = name.partition(".")
+    kind, _, subresource = resource.partition("/")
+    plural, _, group = kind.partition(".")
+    attributes = {"verb": verb, "group": group, "resource": plural, "subresource": subresource}
+    attributes.update({k: v for k, v in (("namespace", namespace), ("name", name)) if v})
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
@@ -75,7 +78,7 @@ def _allowed(cluster: Cluster, user: str, verb: str, resource: str) -> bool:
                 f"system:serviceaccounts:{user.split(':')[2]}",
                 "system:authenticated",
             ],
-            "resourceAttributes": {"verb": verb, "group": group, "resource": plural, "subresource": subresource},
+            "resourceAttributes": attributes,
         },
     }
     out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout
@@ -115,8 +118,16 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
         ("create", "pods"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
         ("patch", "workloads.kueue.x-k8s.io"),
+        ("list", "leases.coordination.k8s.io"),
     ]:
         assert not can(verb, resource), f"{sa} should not {verb} {resource}"
+    # Leader election: its own Lease in the release namespace, nothing else.
+    lease = f"{release}-kubetrain"
+    leases = "leases.coordination.k8s.io"
+    assert _allowed(cluster, sa, "create", leases, ns)
+    assert _allowed(cluster, sa, "get", leases, ns, lease) and _allowed(cluster, sa, "update", leases, ns, lease)
+    assert not _allowed(cluster, sa, "update", leases, ns, "another-lease")
+    assert not _allowed(cluster, sa, "create", leases, "default")
 
 
 def test_rbac_answers_do_not_depend_on_installed_crds(cluster: Cluster, helm_release: Any) -> None:
@@ -126,6 +137,22 @@ def test_rbac_answers_do_not_depend_on_installed_crds(cluster: Cluster, helm_rel
     sa = f"system:serviceaccount:{ns}:{release}-kubetrain"
     assert not _allowed(cluster, sa, "list", "workloads.not-installed.example.com")
     assert _allowed(cluster, sa, "list", "workloads.kueue.x-k8s.io")
+
+
+def _leader_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one pod whose /leader answers 200 while every other answers 503 (None otherwise)."""
+    codes = []
+    for pod in pods:
+        try:
+            with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/leader", timeout=2) as resp:
+                codes.append(resp.status)
+        except urllib.error.HTTPError as exc:
+            codes.append(exc.code)
+        except OSError:
+            codes.append(0)
+    if codes.count(200) == 1 and codes.count(503) == len(pods) - 1:
+        return pods[codes.index(200)]
+    return None
 
 
 def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
@@ -149,17 +176,24 @@ def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
     prom: subprocess.Popen[bytes] | None = None
     prom_log = (tmp_path / "prometheus.log").open("wb")
     try:
-        (op_pod,) = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=kubetrain")["items"]
-        (status,) = op_pod["status"]["containerStatuses"]
-        assert status["imageID"] == images["OPERATOR_IMAGE_ID"] and status["ready"], status
-        assert op_pod["spec"]["serviceAccountName"] == f"{release}-kubetrain"
+        # The chart's default: two pods, both Ready (a standby too), exactly one of them the leader.
+        op_pods = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=kubetrain")["items"]
+        assert len(op_pods) == 2, [p["metadata"]["name"] for p in op_pods]
+        for pod in op_pods:
+            (status,) = pod["status"]["containerStatuses"]
+            assert status["imageID"] == images["OPERATOR_IMAGE_ID"] and status["ready"], status
+            assert pod["spec"]["serviceAccountName"] == f"{release}-kubetrain"
+        targets = [f"{p['status']['podIP']}:8080" for p in op_pods]
+        op_pod = wait_until("exactly one leader pod", lambda: _leader_pod(op_pods), 60, 0.5)
         target = f"{op_pod['status']['podIP']}:8080"
+        lease = cluster.get_json("lease", f"{release}-kubetrain", "-n", ns)
+        assert lease["spec"]["holderIdentity"].startswith(op_pod["metadata"]["name"] + "-"), lease["spec"]
 
         prom_port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(REPO / "helm" / "kubetrain" / "files" / "prometheus-rules.yaml")],
-            "scrape_configs": [{"job_name": "kubetrain-operator", "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [{"job_name": "kubetrain-operator", "static_configs": [{"targets": targets}]}],
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         prom = subprocess.Popen(
@@ -171,7 +205,7 @@ def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
         )  # fmt: skip
         workspace.apply(iris_run("iris-rbac"))
         run = workspace.wait_phase("iris-rbac", ("Succeeded", "Failed"), timeout=240)
-        op_log = cluster.kubectl("logs", "-n", ns, f"deploy/{release}-kubetrain", "--tail=-1").stdout
+        op_log = cluster.kubectl("logs", "-n", ns, op_pod["metadata"]["name"], "--tail=-1").stdout
         assert run["status"]["phase"] == "Succeeded", json.dumps(run["status"], indent=1) + op_log[-3000:]
         assert run["status"].get("modelVersion"), run["status"]
         assert "permission" not in op_log.lower() and "forbidden" not in op_log.lower(), op_log[-3000:]
@@ -189,6 +223,8 @@ def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
             "jobs created": f'kubetrain_jobs_created_total{{namespace="{wns}"}} >= 1',
             "succeeded runs": f'kubetrain_trainingruns{{namespace="{wns}",phase="Succeeded"}} >= 1',
             "target up": 'up{job="kubetrain-operator"} == 1',
+            "both pods scraped": 'count(up{job="kubetrain-operator"} == 1) == 2',
+            "one leader": "sum(kubetrain_leader) == 1",
         }
         found: dict[str, list[dict[str, Any]]] = {}
         deadline = time.monotonic() + 60
@@ -223,8 +259,9 @@ def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
 def test_deleting_the_operator_pod_brings_a_new_one_and_a_run_completes_once(
     cluster: Cluster, workspace: Workspace
 ) -> None:
-    """``kubectl delete pod`` of the in-cluster operator: the Deployment makes a new pod, and a run applied
-    while no operator runs is trained exactly once."""
+    """``kubectl delete pod`` of the in-cluster operator (ONE replica, ``operator.replicas=1``: the one-pod mode
+    the values document; the two-replica takeover is tests/operator/test_leader.py's): the Deployment makes a
+    new pod, and a run applied while no operator runs is trained exactly once."""
     images = cluster.images
     assert images.get("OPERATOR_IMAGE"), "no project images in the dev cluster (hack/dev-cluster load-images)"
     release = f"kt-{uuid.uuid4().hex[:6]}"
@@ -232,7 +269,7 @@ def test_deleting_the_operator_pod_brings_a_new_one_and_a_run_completes_once(
     repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
     _helm_install(
         cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
-        "--set", f"watchNamespaces={{{workspace.namespace}}}",
+        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", "operator.replicas=1",
     )  # fmt: skip
     try:
         selector = "app.kubernetes.io/name=kubetrain"

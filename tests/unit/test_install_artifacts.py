@@ -36,15 +36,24 @@ def test_chart_lints(bins: dict[str, str]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_chart_renders_restricted_single_replica_operator(bins: dict[str, str]) -> None:
+def _render(bins: dict[str, str], *values: str) -> list[dict]:
     proc = subprocess.run(
         [bins["helm"], "template", "kt", str(REPO / "helm" / "kubetrain"), "--kube-version", "1.37.2",
-         "--set", "watchNamespaces={ml,research}"],
+         "--namespace", "kt-system", *values],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_chart_renders_restricted_leader_and_standby_operator(bins: dict[str, str]) -> None:
+    docs = _render(bins, "--set", "watchNamespaces={ml,research}")
     deploy = next(d for d in docs if d["kind"] == "Deployment")
-    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one Lease: pods roll one at a time (a new standby is Ready before an old pod stops).
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deploy["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     container = pod["containers"][0]
@@ -53,6 +62,44 @@ def test_chart_renders_restricted_single_replica_operator(bins: dict[str, str]) 
     assert container["args"] == ["--namespace=ml", "--namespace=research"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETRAIN_PROTECTED_ALIASES"] == "production"
+    assert env["KUBETRAIN_LEADER_ELECTION"] == "true" and env["KUBETRAIN_LEADER_LEASE_NAME"] == "kt-kubetrain"
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # A standby must pass readiness (helm --wait, rolling updates); liveness is the same for both.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "kt-system"
+    assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in role["rules"]} == {
+        (("create",), ()),
+        (("get", "update"), ("kt-kubetrain",)),
+    }
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] and r["resources"] == ["leases"] for r in role["rules"])
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    (spread,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread["podAffinityTerm"]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+
+
+def test_chart_renders_one_replica_without_leader_election(bins: dict[str, str]) -> None:
+    docs = _render(bins, "--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false")
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"]["type"] == "Recreate"
+    env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "KUBETRAIN_LEADER_ELECTION" not in env
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "PodDisruptionBudget")]
+    assert "affinity" not in deploy["spec"]["template"]["spec"]
+
+
+def test_chart_refuses_two_replicas_without_leader_election(bins: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [bins["helm"], "template", "kt", str(REPO / "helm" / "kubetrain"), "--kube-version", "1.37.2",
+         "--set", "operator.leaderElection.enabled=false"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "needs operator.leaderElection.enabled" in proc.stderr
 
 
 def test_chart_pins_the_trainer_image_by_digest(bins: dict[str, str]) -> None:
