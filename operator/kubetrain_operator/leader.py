@@ -392,7 +392,11 @@ class LeaderElector:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        if release and self.leader and not self._lost:
+        was_leader = self.leader
+        self.leader = False  # first: once the Lease is released a standby may lead, and /leader must not say 200
+        if self.on_change:
+            self.on_change(False, self.identity)
+        if release and was_leader and not self._lost:
             try:
                 record = self._obs.record if self._obs else None
                 if record is None or record.holder != self.identity:
@@ -402,9 +406,6 @@ class LeaderElector:
                     log.info("leader election: released the Lease %s/%s", self.namespace, self.name)
             except Exception as exc:  # the Lease then expires on its own
                 log.warning("leader election: could not release the Lease: %r", exc)
-        self.leader = False
-        if self.on_change:
-            self.on_change(False, self.identity)
         if self._client is not None:
             await self._client.close()
             self._client = None

@@ -109,12 +109,12 @@ class PrivateCluster(Cluster):
                 return arg.split("=", 1)[1].split(",")[0]
         raise AssertionError("kube-apiserver has no --etcd-servers flag")
 
-    def etcd(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One call of etcd's v3 JSON gateway (``/v3/<method>``), e.g. ``kv/put`` or ``kv/compaction``."""
+    def etcd(self, url: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call of etcd's v3 JSON gateway at ``url`` (``/v3/<method>``), e.g. ``kv/put`` or ``kv/compaction``."""
         import urllib.request
 
         req = urllib.request.Request(
-            f"{self.etcd_url()}/v3/{method}", data=json.dumps(body).encode(), method="POST",
+            f"{url}/v3/{method}", data=json.dumps(body).encode(), method="POST",
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -521,16 +521,17 @@ def test_a_watch_resumed_after_an_etcd_compaction_gets_410_gone_and_relists(
     ws.apply(iris_run("before-compaction"))
     ws.kubectl("wait", "--for=condition=Succeeded", "trainingrun/before-compaction", "--timeout=120s")
     offset = len(op.log_text())
+    etcd = cluster.etcd_url()  # read from the API server's flags while it runs
     cmdline = cluster.kill_apiserver()
     try:
         import base64
 
         key = base64.b64encode(b"/kubetrain-test/compaction").decode()
         for i in range(20):
-            rev = cluster.etcd("kv/put", {"key": key, "value": base64.b64encode(str(i).encode()).decode()})
+            rev = cluster.etcd(etcd, "kv/put", {"key": key, "value": base64.b64encode(str(i).encode()).decode()})
         revision = int(rev["header"]["revision"])
-        cluster.etcd("kv/compaction", {"revision": str(revision), "physical": True})
-        cluster.etcd("kv/deleterange", {"key": key})
+        cluster.etcd(etcd, "kv/compaction", {"revision": str(revision), "physical": True})
+        cluster.etcd(etcd, "kv/deleterange", {"key": key})
     finally:
         cluster.start_apiserver(cmdline)
     ws.apply(iris_run("after-compaction"))
@@ -580,8 +581,10 @@ def test_objects_stored_under_an_older_schema_are_reported_not_crash_looped(
         ws.apply(bad_schedule)
     finally:
         install_crds(cluster.kubectl)
-    # The objects are stored; the current schema would refuse them now:
-    refused = ws.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad_run), check=False)
+    # The objects are stored; the current schema would refuse them now (a new one: an update that leaves the
+    # invalid fields as they are passes, by CRD validation ratcheting):
+    copy = {**bad_run, "metadata": {"name": "old-run-copy"}}
+    refused = ws.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(copy), check=False)
     assert refused.returncode != 0 and "estimator" in refused.stderr, refused.stderr
     op.start()
     ws.apply(iris_run("new-run"))
