@@ -139,6 +139,20 @@ def test_rbac_answers_do_not_depend_on_installed_crds(cluster: Cluster, helm_rel
     assert _allowed(cluster, sa, "list", "workloads.kueue.x-k8s.io")
 
 
+def _install_operator(cluster: Cluster, workspace: Workspace, replicas: int) -> tuple[str, str]:
+    """The chart with the operator image built here, watching ``workspace``'s namespace: (release, namespace)."""
+    images = cluster.images
+    assert images.get("OPERATOR_IMAGE"), "no project images in the dev cluster (hack/dev-cluster load-images)"
+    release = f"kt-{uuid.uuid4().hex[:6]}"
+    ns = f"{release}-system"
+    repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
+    _helm_install(
+        cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
+        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", f"operator.replicas={replicas}",
+    )  # fmt: skip
+    return release, ns
+
+
 def _leader_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The one pod whose /leader answers 200 while every other answers 503 (None otherwise)."""
     codes = []
@@ -262,15 +276,7 @@ def test_deleting_the_operator_pod_brings_a_new_one_and_a_run_completes_once(
     """``kubectl delete pod`` of the in-cluster operator (ONE replica, ``operator.replicas=1``: the one-pod mode
     the values document; the two-replica takeover is tests/operator/test_leader.py's): the Deployment makes a
     new pod, and a run applied while no operator runs is trained exactly once."""
-    images = cluster.images
-    assert images.get("OPERATOR_IMAGE"), "no project images in the dev cluster (hack/dev-cluster load-images)"
-    release = f"kt-{uuid.uuid4().hex[:6]}"
-    ns = f"{release}-system"
-    repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
-    _helm_install(
-        cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
-        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", "operator.replicas=1",
-    )  # fmt: skip
+    release, ns = _install_operator(cluster, workspace, replicas=1)
     try:
         selector = "app.kubernetes.io/name=kubetrain"
         (old,) = cluster.get_json("pods", "-n", ns, "-l", selector)["items"]
@@ -319,15 +325,7 @@ def test_leader_pod_deleted_at_random_while_30_runs_train(cluster: Cluster, work
     import threading
 
     rng = random.Random(20261202)
-    images = cluster.images
-    assert images.get("OPERATOR_IMAGE"), "no project images in the dev cluster (hack/dev-cluster load-images)"
-    release = f"kt-{uuid.uuid4().hex[:6]}"
-    ns = f"{release}-system"
-    repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
-    _helm_install(
-        cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
-        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", "operator.replicas=2",
-    )  # fmt: skip
+    release, ns = _install_operator(cluster, workspace, replicas=2)
     selector = "app.kubernetes.io/name=kubetrain"
     stop = threading.Event()
     seen: dict[str, Any] = {"samples": 0, "double": [], "leaders": set()}
