@@ -55,11 +55,16 @@ def test_demo_trains_iris_on_a_fresh_cluster() -> None:
         assert "Ready" in mv_line.split() and '["candidate"]' in mv_line
         assert (run_dir / "pvc" / "kubetrain-demo" / "kubetrain-models" / "iris" / "model.joblib").is_file()
         images = read_env_file(run_dir / "images.env")
-        # The operator runs in-cluster from the chart, in the image built from Dockerfile.operator ...
-        (op_pod,) = get("pods", "-n", "kubetrain-system", "-l", "app.kubernetes.io/name=kubetrain")["items"]
-        (op_status,) = op_pod["status"]["containerStatuses"]
-        assert op_pod["spec"]["containers"][0]["image"] == images["OPERATOR_IMAGE"]
-        assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"] and op_status["ready"], op_status
+        # The operator runs in-cluster from the chart (leader + standby), in the image built from
+        # Dockerfile.operator ...
+        op_pods = get("pods", "-n", "kubetrain-system", "-l", "app.kubernetes.io/name=kubetrain")["items"]
+        assert len(op_pods) == 2, [p["metadata"]["name"] for p in op_pods]
+        for op_pod in op_pods:
+            (op_status,) = op_pod["status"]["containerStatuses"]
+            assert op_pod["spec"]["containers"][0]["image"] == images["OPERATOR_IMAGE"]
+            assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"] and op_status["ready"], op_status
+        holder = get("lease", "-n", "kubetrain-system", "kubetrain")["spec"]["holderIdentity"]
+        assert any(holder.startswith(p["metadata"]["name"]) for p in op_pods), holder  # one of them leads
         # ... and iris trained in a container of the image buildah built from Dockerfile.trainer.
         trainer_pods = get("pods", "-n", "kubetrain-demo", "-l", "kubetrain.io/run=iris")["items"]
         assert trainer_pods, "the iris trainer pod is gone"
