@@ -139,8 +139,9 @@ def test_rbac_answers_do_not_depend_on_installed_crds(cluster: Cluster, helm_rel
     assert _allowed(cluster, sa, "list", "workloads.kueue.x-k8s.io")
 
 
-def _install_operator(cluster: Cluster, workspace: Workspace, replicas: int) -> tuple[str, str]:
-    """The chart with the operator image built here, watching ``workspace``'s namespace: (release, namespace)."""
+def _install_operator(cluster: Cluster, workspace: Workspace, replicas: int, *values: str) -> tuple[str, str]:
+    """The chart with the operator image built here, watching ``workspace``'s namespace, plus ``values`` (more
+    helm flags): (release, namespace)."""
     images = cluster.images
     assert images.get("OPERATOR_IMAGE"), "no project images in the dev cluster (hack/dev-cluster load-images)"
     release = f"kt-{uuid.uuid4().hex[:6]}"
@@ -148,7 +149,7 @@ def _install_operator(cluster: Cluster, workspace: Workspace, replicas: int) -> 
     repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
     _helm_install(
         cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
-        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", f"operator.replicas={replicas}",
+        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", f"operator.replicas={replicas}", *values,
     )  # fmt: skip
     return release, ns
 
@@ -178,14 +179,9 @@ def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
     if not shutil.which("prometheus", path=cluster.env.get("PATH")):
         pytest.fail("prometheus is not installed (make tools installs Debian's prometheus package)")
     images = cluster.images
-    assert images.get("OPERATOR_IMAGE"), "no project images in the dev cluster (hack/dev-cluster load-images)"
-    release = f"kt-{uuid.uuid4().hex[:6]}"
-    ns = f"{release}-system"
-    repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
-    _helm_install(
-        cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
+    release, ns = _install_operator(
+        cluster, workspace, 2,
         "--set-string", "image.pullPolicy=Never", "--set-string", f"trainerImage={images['TRAINER_IMAGE']}",
-        "--set", f"watchNamespaces={{{workspace.namespace}}}",
     )  # fmt: skip
     prom: subprocess.Popen[bytes] | None = None
     prom_log = (tmp_path / "prometheus.log").open("wb")
