@@ -704,6 +704,22 @@ class Failure(_Model):
     """Last lines of the trainer's output, when it crashed."""
 
 
+class Disruption(_Model):
+    """A trainer pod the run lost to something other than the trainer (its node died), replaced by the Job
+    without counting against backoffLimit."""
+
+    pod: str = Field(max_length=253)
+    """The lost pod."""
+    node: str = Field(default="", max_length=253)
+    """The node it ran on."""
+    reason: str = Field(max_length=128)
+    """CamelCase reason, e.g. NodeLost."""
+    message: str = Field(default="", max_length=1024)
+    """What happened and what the operator did."""
+    time: str | None = None
+    """When the operator acted."""
+
+
 class Progress(_Model):
     """Progress reported by the trainer."""
 
@@ -871,6 +887,8 @@ class TrainingRunStatus(_Model):
     """Name of the ModelVersion this run registered."""
     failure: Failure | None = None
     """Why the run failed."""
+    disruptions: list[Disruption] | None = Field(default=None, max_length=10)
+    """Trainer pods lost to their node (newest last, at most 10); each was replaced by the Job."""
     task: Task | None = None
     """The task (as inferred when the spec omits it)."""
     promotion: Promotion | None = None
