@@ -255,6 +255,7 @@ WHOLE_MODULES = ("tests/operator/test_resilience.py", "tests/operator/test_kueue
 #: Started first (the longest units: each brings up a dev cluster of its own), so that they do not end the run.
 FIRST = (
     "tests/operator/test_resilience.py",
+    "tests/operator/test_node_loss.py",
     "tests/operator/test_demo.py",
     "tests/operator/test_examples.py::test_all_namespaces_on_a_private_cluster",
     "tests/images/test_built_images.py",

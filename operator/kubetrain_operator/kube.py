@@ -15,7 +15,7 @@ from kubetrain_api.models import GROUP, VERSION
 from lightkube import ApiError, AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.resources.core_v1 import Node, Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
 from . import cache
@@ -150,6 +150,31 @@ async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     async with in_flight():
         pods = client().list(Pod, namespace=namespace, labels={"batch.kubernetes.io/job-name": job_name})
         return [_dict(p) async for p in pods]
+
+
+async def get_node(name: str) -> dict[str, Any] | None:
+    """A Node from the API (read only for the node of a pod that looks lost: rare, so not watched)."""
+    try:
+        async with in_flight():
+            return _dict(await client().get(Node, name))
+    except ApiError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+async def fail_pod(namespace: str, name: str, status_patch: dict[str, Any]) -> None:
+    """End a pod whose kubelet is gone: write its status (phase Failed, a DisruptionTarget condition), then
+    delete it without a grace period (no kubelet will confirm a graceful one). A missing pod is fine."""
+    try:
+        async with in_flight():
+            done = await client().patch(Pod.Status, name, status_patch, namespace=namespace, patch_type=PatchType.MERGE)
+        cache.wrote(_dict(done))
+        async with in_flight():
+            await client().delete(Pod, name, namespace=namespace, grace_period=0)
+    except ApiError as exc:
+        if not is_not_found(exc):
+            raise
 
 
 # --- children of any kind (the engine's create / patch / delete) -----------------------------------------------

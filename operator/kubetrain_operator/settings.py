@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     """Port of kopf's liveness endpoint /healthz (0 = off)."""
     progress_interval: float = Field(default=10.0, ge=0)
     """Seconds between progress reads of a running trainer's log (0 = off)."""
+    node_lost_seconds: float = Field(default=300.0, ge=0)
+    """Seconds a trainer pod's node may be not-Ready before the operator marks the pod Failed (a disruption:
+    the Job replaces it without counting it against backoffLimit). 300 is Kubernetes' own NoExecute
+    toleration; 0 = off (then only the node's deletion or its out-of-service taint frees the run)."""
     log_tail_lines: int = Field(default=40, ge=0)
     """Lines of the trainer's log kept in status.failure.logTail."""
     model_retention: int = 10

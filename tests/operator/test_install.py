@@ -104,6 +104,9 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
         ("delete", "jobs.batch"),
         ("list", "pods"),
         ("get", "pods/log"),
+        ("patch", "pods/status"),  # a trainer pod on a lost node is marked Failed ...
+        ("delete", "pods"),  # ... and deleted
+        ("get", "nodes"),
         ("create", "events"),
         ("list", "workloads.kueue.x-k8s.io"),
     ]:
@@ -116,6 +119,9 @@ def test_chart_rbac_is_sufficient_and_no_wider(cluster: Cluster, helm_release: A
         ("update", "trainingschedules.kubetrain.io/status"),
         ("get", "secrets"),
         ("create", "pods"),
+        ("patch", "pods"),
+        ("list", "nodes"),
+        ("patch", "nodes"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
         ("patch", "workloads.kueue.x-k8s.io"),
         ("list", "leases.coordination.k8s.io"),

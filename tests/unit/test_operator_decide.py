@@ -122,6 +122,41 @@ def test_running_requeues_for_progress_and_reads_the_latest_line() -> None:
     assert plan.remember[trd.MEM_PROGRESS_READ] == NOW.timestamp()
 
 
+def test_a_pod_on_a_lost_node_is_failed_recorded_and_counted_once() -> None:
+    """The node has been not-Ready past node_lost_seconds: the pod's Failed status is planned (before the
+    run's status), a NodeLost Event, a status.disruptions entry, attempts 2; the next pass (the pod is gone,
+    a new one runs) keeps the record without adding to it."""
+    lost = pod("Running")
+    lost["spec"] = {"nodeName": "gpu-1"}
+    lost["status"]["conditions"].append({"type": "Ready", "status": "False"})
+    since = (NOW - dt.timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    nodes: dict[str, dict[str, Any] | None] = {
+        "gpu-1": {"status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": since}]}}
+    }
+    settings = Settings(node_lost_seconds=20)
+    body = run_body({"jobName": JOB_NAME, "phase": "Running", "attempts": 1})
+    facts = trd.RunFacts(body=body, job=owned_job(active=1), pods=[lost], nodes=nodes)
+    plan = trd.decide(facts, settings, NOW)
+    ((name, patch),) = plan.fail_pods
+    assert name == lost["metadata"]["name"] and patch["status"]["phase"] == "Failed"
+    assert [e.reason for e in plan.events] == ["NodeLost"]
+    (entry,) = plan.status["disruptions"]
+    assert entry["pod"] == name and entry["node"] == "gpu-1" and entry["reason"] == "NodeLost", entry
+    assert "node gpu-1 has not been Ready for 30s" in entry["message"], entry
+    assert plan.status["attempts"] == 2
+    # before the grace period: nothing, but a look again when it is over
+    early = trd.decide(facts, Settings(node_lost_seconds=35), NOW)
+    assert not early.fail_pods and "disruptions" not in early.status and early.requeue == pytest.approx(5.5)
+    later = trd.decide(facts, Settings(node_lost_seconds=60, progress_interval=0), NOW)
+    assert later.requeue == pytest.approx(30.5)
+    # off
+    assert not trd.decide(facts, Settings(node_lost_seconds=0), NOW).fail_pods
+    # the next pass: the replacement runs; the record stays, attempts stay 2
+    after = run_body({"jobName": JOB_NAME, "phase": "Running", "attempts": 2, "disruptions": [entry]})
+    again = trd.decide(trd.RunFacts(body=after, job=owned_job(active=1), pods=[pod("Running")]), settings, NOW)
+    assert not again.fail_pods and "disruptions" not in again.status and "attempts" not in again.status
+
+
 def _succeeded(versions: list[dict[str, Any]], **memory: Any) -> trd.RunPlan:
     facts = trd.RunFacts(
         body=run_body(),

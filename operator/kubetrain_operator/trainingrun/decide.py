@@ -19,7 +19,7 @@ from kubetrain_api.models import TrainingRun, TrainingRunSpec, TrainingRunStatus
 from kubetrain_trainer import contract
 from pydantic import ValidationError
 
-from .. import k8s
+from .. import k8s, nodeloss
 from ..engine import Child, ObjectFacts, Plan
 from ..settings import Settings
 from . import children, promotion, registration, status
@@ -52,6 +52,8 @@ class RunFacts(ObjectFacts):
     """The namespace's ModelVersions (only when the model is to be registered, or when the Job of a promoting
     run is to be created: the alias's holder is its champion)."""
     memory: Mapping[str, Any] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """The nodes of pods that look lost (``nodeloss.nodes_to_read``); None: the node is gone."""
 
     @property
     def generation(self) -> int:
@@ -68,6 +70,8 @@ class RunPlan(Plan):
     """(old, new) phase when the status write changes it."""
     desired: dict[str, Any] = field(default_factory=dict)
     """The full desired status (for metrics)."""
+    fail_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Pods of a lost node to end (name, status patch), before the status that records them is written."""
 
 
 # ---- parsing ------------------------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ def decide(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
     digest = status.image_digest(facts.pods, children.TRAINER_CONTAINER) or current.get("trainerImageDigest")
     model_version, error, promoted = plan_registration(facts, run, outcome.result, settings, now, plan, digest)
     job_name = children.job_name(facts.meta["name"], facts.meta["uid"])
+    lost, lost_recheck = ([], None) if outcome.terminal else plan_lost_pods(facts, settings, now, plan)
     desired = status.build_status(
         run,
         facts.generation,
@@ -190,14 +195,34 @@ def decide(facts: RunFacts, settings: Settings, now: dt.datetime) -> RunPlan:
         registration_error=error,
         promotion=promoted,
         image_digest=digest,
+        disruptions=lost,
     )
     if outcome.delete_job and job is not None:
         # The operator decided the run failed (start-up deadline): nothing may linger.
         plan.delete.append(Child("Job", facts.meta["namespace"], job_name))
     plan.requeue = requeue_after(outcome, facts.memory, settings, error, plan)
+    if lost_recheck is not None:
+        plan.requeue = lost_recheck if plan.requeue is None else min(plan.requeue, lost_recheck)
     if facts.progress_log is not None:
         plan.remember[MEM_PROGRESS_READ] = now.timestamp()
     return _with_status(plan, facts, desired)
+
+
+def plan_lost_pods(
+    facts: RunFacts, settings: Settings, now: dt.datetime, plan: RunPlan
+) -> tuple[list[dict[str, Any]], float | None]:
+    """End the pods whose node has been lost for node_lost_seconds (see ``nodeloss``): their status patch,
+    a Warning Event each, and the status.disruptions entries; plus when to look again for the others."""
+    lost, recheck = nodeloss.lost_pods(facts.pods, facts.nodes, settings.node_lost_seconds, now)
+    by_name = {p["metadata"]["name"]: p for p in facts.pods}
+    stamp = k8s.format_time(now)
+    entries: list[dict[str, Any]] = []
+    for item in lost:
+        plan.fail_pods.append((item.pod, nodeloss.failed_status(by_name[item.pod], item, stamp)))
+        plan.events.append(k8s.Event.warning(nodeloss.REASON_NODE_LOST, item.message))
+        reason = nodeloss.REASON_NODE_LOST
+        entries.append({"pod": item.pod, "node": item.node, "reason": reason, "message": item.message, "time": stamp})
+    return entries, recheck
 
 
 def sync_job(facts: RunFacts, run: TrainingRun, settings: Settings, plan: RunPlan) -> dict[str, Any] | None:

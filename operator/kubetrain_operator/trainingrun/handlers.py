@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from kubetrain_api.models import GROUP, VERSION
 
-from .. import k8s, kube, metrics
+from .. import k8s, kube, metrics, nodeloss
 from ..engine import ENGINE, Again, Plan, object_event
 from ..settings import Settings, get_settings
 from . import children, decide, status
@@ -64,6 +64,9 @@ class TrainingRunReconciler:
             log.info("%s/%s: created Job %s", meta["namespace"], meta["name"], plan.create[0]["metadata"]["name"])
         if plan.register is not None:
             await _register(facts, plan, memory)
+        for pod, pod_status in plan.fail_pods:
+            log.warning("%s/%s: pod %s: %s", meta["namespace"], meta["name"], pod, pod_status["status"]["message"])
+            await kube.fail_pod(meta["namespace"], pod, pod_status)
         if plan.status:
             log.debug("%s/%s: status patch %s", meta["namespace"], meta["name"], plan.status)
             await kube.patch_training_run_status(meta["namespace"], meta["name"], plan.status)
@@ -94,6 +97,9 @@ async def _gather_running(facts: RunFacts, run: Any, now: dt.datetime) -> None:
     facts.pods = await kube.list_job_pods(namespace, jname)
     outcome = status.observe(run, facts.job, facts.pods, now)
     settings = get_settings()
+    if not outcome.terminal:
+        for node in nodeloss.nodes_to_read(facts.pods, settings.node_lost_seconds):
+            facts.nodes[node] = await kube.get_node(node)
     if outcome.phase == status.QUEUED:
         facts.queue_detail = await kube.kueue_admission_message(namespace, facts.job["metadata"]["uid"])
     elif decide.wants_log_tail(outcome) and outcome.failed_pod:

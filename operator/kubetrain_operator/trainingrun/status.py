@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +196,9 @@ class Outcome:
         return self.phase in TERMINAL_PHASES
 
 
+#: Entries of status.disruptions kept (the newest).
+DISRUPTIONS_KEPT = 10
+
 #: Longest piece of Kueue's admission message kept in the run's status.
 QUEUE_DETAIL_MAX = 600
 
@@ -360,6 +364,19 @@ def image_digest(pods: list[dict[str, Any]], container: str) -> str | None:
     return None
 
 
+def _attempt_fields(outcome: Outcome, current: dict[str, Any], disruptions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``disruptions`` (the record, each pod once, the newest kept) and ``attempts``: the Job does not count
+    a disrupted pod as failed (its podFailurePolicy ignores disruptions), so they are added to its count."""
+    lost: list[dict[str, Any]] = list(current.get("disruptions") or [])
+    known = {d.get("pod") for d in lost}
+    lost += [d for d in disruptions if d.get("pod") not in known]
+    fields: dict[str, Any] = {"disruptions": lost[-DISRUPTIONS_KEPT:]} if lost else {}
+    attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0) + len(lost))
+    if attempts:
+        fields["attempts"] = attempts
+    return fields
+
+
 def build_status(
     run: TrainingRun,
     generation: int,
@@ -373,14 +390,14 @@ def build_status(
     registration_error: str | None = None,
     promotion: dict[str, Any] | None = None,
     image_digest: str | None = None,
+    disruptions: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept."""
+    """The desired status (camelCase) for ``outcome``; fields of ``current`` that still hold are kept.
+    ``disruptions``: pods the operator just ended because their node was lost (appended to the record)."""
     st: dict[str, Any] = {"phase": outcome.phase, "observedGeneration": generation}
     kept = (("jobName", job_name), ("trainerImageDigest", image_digest or current.get("trainerImageDigest")))
     st.update({key: value for key, value in kept if value})
-    attempts = max(int(current.get("attempts") or 0), int(outcome.attempts or 0))
-    if attempts:
-        st["attempts"] = attempts
+    st.update(_attempt_fields(outcome, current, disruptions))
     task = (outcome.result.task if outcome.result else None) or run.spec.task or current.get("task")
     if task:
         st["task"] = task
