@@ -69,7 +69,8 @@ crds: venv
 # TEST_WORKERS=4: the suite on 4 pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
 # cluster test is one unit (own namespace, own operator); the other modules, and the modules whose fixtures hold
 # something cluster-wide, go to one worker whole (tests/conftest.py). Default 0 (one process, in
-# order) until a whole parallel run has passed here.
+# order): on a 2-core machine 4 workers were tried (2026-12-03) and overloaded it (load average 28, 13 % of the
+# suite after 12 min, the first cluster tests erroring), so it is for machines with more cores.
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=30 --junitxml=report.xml".
 TEST_WORKERS ?= 0
 PYTEST_ARGS ?=
