@@ -66,13 +66,14 @@ typecheck: venv
 crds: venv
 	$(BIN)/python -m kubetrain_api.crdgen --out crds --chart helm/kubetrain/crds
 
-# TEST_WORKERS=4: the suite on 4 pytest-xdist workers (most cluster tests wait on pods, not on the CPU). Each
-# cluster test is one unit (own namespace, own operator); the other modules, and the modules whose fixtures hold
-# something cluster-wide, go to one worker whole (tests/conftest.py). Default 0 (one process, in
-# order): on a 2-core machine 4 workers were tried (2026-12-03) and overloaded it (load average 28, 13 % of the
-# suite after 12 min, the first cluster tests erroring), so it is for machines with more cores.
+# TEST_WORKERS: pytest-xdist workers (0: one process, in order). Most cluster tests wait on pods, not on the CPU.
+# Each cluster test is one unit (own namespace, own operator); the other modules, and test_kueue.py (Kueue on
+# the shared cluster), go to one worker whole; the tests that bring up a private dev cluster all go to one worker,
+# one after the other (tests/conftest.py). Measured on 2 cores, warm, 2026-12-04: one process 2,870 s, three
+# workers 1,524 s (load average 8-17: the CPU is then the bound, so more workers do not help here; four, with the
+# private clusters side by side, overloaded it on 2026-12-03).
+TEST_WORKERS ?= 3
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=30 --junitxml=report.xml".
-TEST_WORKERS ?= 0
 PYTEST_ARGS ?=
 # The tests cache our own sources' bytecode too (PYTHONDONTWRITEBYTECODE unset for them; __pycache__ is ignored
 # by git and by the image input hashes).

@@ -249,18 +249,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         marker.unlink(missing_ok=True)
 
 
-#: Modules whose module-scoped fixtures hold something cluster-wide or expensive (a private dev cluster, Kueue
-#: started and stopped on the shared one): all their tests go to one worker, one after the other.
-WHOLE_MODULES = ("tests/operator/test_resilience.py", "tests/operator/test_kueue.py")
-#: Started first (the longest units: each brings up a dev cluster of its own), so that they do not end the run.
-FIRST = (
+#: Modules whose module-scoped fixtures hold something cluster-wide (Kueue started and stopped on the shared
+#: cluster): all their tests go to one worker, one after the other.
+WHOLE_MODULES = ("tests/operator/test_kueue.py",)
+#: Tests that bring up a dev cluster of their own (a control plane, two kubelets, the project's images imported):
+#: one group, so one worker runs them one after another while the others share the dev cluster. Side by side
+#: (four workers, 2026-12-03) four private clusters at once overloaded 2 cores.
+PRIVATE_CLUSTERS = (
     "tests/operator/test_resilience.py",
     "tests/operator/test_node_loss.py",
     "tests/operator/test_demo.py",
     "tests/operator/test_examples.py::test_all_namespaces_on_a_private_cluster",
+)
+#: Started first (the longest units), so that they do not end the run.
+FIRST = (
+    *PRIVATE_CLUSTERS,
+    "tests/operator/test_kueue.py",
+    "tests/operator/test_install.py",
     "tests/images/test_built_images.py",
     "tests/unit/test_security_scan.py",
-    "tests/operator/test_kueue.py",
     "tests/operator/test_plugin.py",
 )
 
@@ -268,13 +275,16 @@ FIRST = (
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadgroup``): the unit of distribution is one cluster test (each has its own
-    namespace and operator), a whole module of the others (their module fixtures are set up once), and a whole
-    module of WHOLE_MODULES; the longest units first. A plain ``pytest`` run keeps the collection order."""
+    namespace and operator), a whole module of the others (their module fixtures are set up once), a whole
+    module of WHOLE_MODULES, and all of PRIVATE_CLUSTERS together; the longest units first. A plain ``pytest``
+    run keeps the collection order."""
     if not hasattr(config, "workerinput"):
         return
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        if module in WHOLE_MODULES or item.get_closest_marker("cluster") is None:
+        if item.nodeid.startswith(PRIVATE_CLUSTERS):
+            item.add_marker(pytest.mark.xdist_group("private-clusters"))
+        elif module in WHOLE_MODULES or item.get_closest_marker("cluster") is None:
             item.add_marker(pytest.mark.xdist_group(module))
 
     def rank(item: pytest.Item) -> int:
