@@ -18,6 +18,17 @@ PREFIX = "kubetrain.io"
 API_ERROR_BACKOFFS: tuple[float, ...] = (1, 2, 3, 5) + (5,) * 58
 
 
+class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff-base with an empty essence. kopf builds the diff-base on every watch event (a deep copy of
+    the whole body, status and managedFields included) for its change-detecting handlers (on.create/update/
+    field/resume); only ``on.event`` handlers are registered here (tests/unit/test_operator_startup.py checks
+    it), so nothing reads it. During a burst of 200 runs building it was 12.8 % of the operator's CPU (py-spy,
+    ``bench/operator_load.py --profile``)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
 @kopf.on.startup()
 async def configure(
     settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **kwargs: Any
@@ -32,9 +43,7 @@ async def configure(
     logger.info("kubetrain settings: %s", ours.summary())
     # kopf's own state (kopf's change-detecting handlers are not used: none is written) under our domain.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
     # kopf removes ITS finalizer from objects whose handlers do not need it (ours never do): its name must
     # not be the engine's own k8s.FINALIZER (deletionPolicy Delete), or kopf strips it at once.
     settings.persistence.finalizer = f"{PREFIX}/kopf-finalizer"

@@ -42,3 +42,17 @@ def test_kopfs_finalizer_is_not_the_engines(configured: kopf.OperatorSettings) -
 
     # kopf strips its own finalizer from objects none of its handlers needs it for: it must not be ours.
     assert configured.persistence.finalizer != k8s.FINALIZER
+
+
+def test_kopf_builds_no_diff_base_and_no_handler_needs_one(configured: kopf.OperatorSettings) -> None:
+    """The empty diff-base (startup.NoDiffBaseStorage) is safe only while no kopf change-detecting handler
+    exists: every kopf handler of the operator is ``on.event`` (or an activity), none is on.create/update/..."""
+    from kubetrain_operator import handlers  # noqa: F401  (registers every kind's kopf handlers)
+
+    storage = configured.persistence.diffbase_storage
+    assert isinstance(storage, startup.NoDiffBaseStorage)
+    body = kopf.Body({"apiVersion": "v1", "kind": "X", "metadata": {"name": "a"}, "spec": {"big": list(range(9))}})
+    assert storage.build(body=body) == {}
+    registry = kopf.get_default_registry()
+    assert list(registry._watching.get_all_handlers()), "the on.event handlers were not registered"
+    assert not list(registry._changing.get_all_handlers()), "a change-detecting handler needs kopf's diff-base"
