@@ -50,8 +50,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the probes, wait for the Lease (leader election on), then run kopf until it stops.
 
     With leader election a standby runs NO kopf handler: kopf starts only once this process holds the Lease,
-    and the renewal task is created before ``kopf.operator()`` (kopf cancels, on its way out, every task
-    created after it started). A leader that loses the Lease exits with ``leader.LOST_LEASE_EXIT_CODE``."""
+    and the renewal runs in a thread of its own, started before ``kopf.operator()``. A leader that loses the
+    Lease exits with ``leader.LOST_LEASE_EXIT_CODE``."""
     from . import leader, metrics
 
     server = await metrics.start_server(settings.metrics_port)
@@ -63,7 +63,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             if not await _wait_for_lease(elector):
                 log.info("stopped while standby")
                 return 0
-            elector.start_renewing()
+            await elector.start_renewing()
         else:
             metrics.set_leader(None, True)  # the only replica: it leads
         liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None

@@ -18,18 +18,24 @@ On a clean stop (SIGTERM) the leader releases the Lease (no holder), so a standb
 
 The decisions are pure functions (``observe``, ``decide``, ``lease_spec``, ``renew_overdue``) over a
 ``LeaseRecord``; ``LeaderElector`` does the I/O with its own lightkube client (short timeouts, not behind
-``kube.in_flight``: a burst of reconciles must not delay a renewal).
+``kube.in_flight``: a burst of reconciles must not delay a renewal). The leader renews in a THREAD of its own
+with its own event loop and client (as client-go renews in a goroutine of its own): in kopf's loop a renewal
+waited behind every ready callback, and an operator starved of CPU (50m requested on a busy node) lost its
+Lease while it worked through a burst. The deadline timer lives in that thread too, so it fires even while
+kopf's loop is blocked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import enum
 import logging
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +217,8 @@ class LeaderElector:
         self._client: Any = None
         self._lost = False
         self._conflict = False
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
 
     # --- I/O ---------------------------------------------------------------------------------------------
 
@@ -219,9 +227,10 @@ class LeaderElector:
             import httpx2
             from lightkube import AsyncClient
 
-            # Requests shorter than the renew deadline, so a hung request cannot outlast it unnoticed (the
-            # deadline timer stops the leader in any case).
-            timeout = max(0.5, min(self.retry_interval, self.renew_deadline / 3))
+            # Half the renew deadline: a slow API server (seconds per write under load) still gets a renewal
+            # through, and a request hung on a dead connection leaves time for one retry on a new one. The
+            # deadline timer stops the leader in any case (client-go bounds the whole retry loop the same way).
+            timeout = max(0.5, self.renew_deadline / 2)
             self._client = AsyncClient(field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(timeout))
         return self._client
 
@@ -346,7 +355,7 @@ class LeaderElector:
 
     def _check_deadline(self) -> None:
         if self.leader and renew_overdue(self._last_renewed, asyncio.get_running_loop().time(), self.renew_deadline):
-            self._lose(f"no renewal succeeded for {self.renew_deadline:.0f}s")
+            self._lose(f"no renewal succeeded for {self.renew_deadline:g}s")
 
     def _lose(self, reason: str) -> None:
         if self._lost:
@@ -357,11 +366,45 @@ class LeaderElector:
             self.on_change(False, self.identity)
         self.on_lost(reason)
 
-    def start_renewing(self) -> asyncio.Task[None]:
-        """The renewal task. Create it BEFORE ``kopf.operator()`` starts: kopf cancels every task created after
-        it started when it stops, and treats them as its own."""
-        self._task = asyncio.create_task(self._renew_loop(), name="kubetrain leader lease renewal")
-        return self._task
+    async def start_renewing(self) -> threading.Thread:
+        """Renew from now on in the thread ``kubetrain-leader`` (its own event loop and client: nothing kopf does
+        delays a renewal, and kopf, which cancels on its way out every task created after it started, never
+        sees it). The client and deadline timer of this loop are handed over to the thread's."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, args=(started,), name="kubetrain-leader", daemon=True)
+        self._thread.start()
+        started.wait()
+        return self._thread
+
+    def _thread_main(self, started: threading.Event) -> None:
+        loop = self._thread_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            self._task = asyncio.current_task()
+            # The deadline of the renewal done in the other loop (both loops run on time.monotonic()).
+            self._deadline = loop.call_at(self._last_renewed + self.renew_deadline, self._check_deadline)
+            started.set()
+            try:
+                await self._renew_loop()
+            finally:
+                if self._client is not None:
+                    await self._client.close()
+                    self._client = None
+
+        try:
+            loop.run_until_complete(main())
+        except asyncio.CancelledError:
+            pass  # stop()
+        finally:
+            started.set()
+            loop.close()
 
     async def _renew_loop(self) -> None:
         interval = self.renew_interval
@@ -385,10 +428,12 @@ class LeaderElector:
 
     async def stop(self, release: bool = True) -> None:
         """Stop renewing; when leading, hand the Lease back (no holder) so a standby takes over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        thread, loop, task = self._thread, self._thread_loop, self._task
+        if thread is not None and loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the thread's loop is closed already (the renewal ended)
+                loop.call_soon_threadsafe(task.cancel)
+            await asyncio.to_thread(thread.join, 10)
+            self._thread = self._thread_loop = self._task = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None

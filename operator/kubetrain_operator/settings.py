@@ -71,12 +71,14 @@ class Settings(BaseSettings):
     """Name of the coordination.k8s.io/v1 Lease the replicas compete for."""
     leader_lease_namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Namespace of the Lease (default: the pod's own namespace, ``POD_NAMESPACE``)."""
-    leader_lease_seconds: float = Field(default=10.0, gt=0)
+    leader_lease_seconds: float = Field(default=15.0, gt=0)
     """``leaseDurationSeconds`` written in the Lease: a standby takes over this long after it last saw the
-    Lease change."""
+    Lease change. Lease, renew deadline and retry default to client-go's 15 / 10 / 2 s (which
+    kube-controller-manager uses too); the tighter 10 / 8 s before let a leader on a busy 2-core node, where
+    Lease writes took seconds, miss its deadline and restart."""
     leader_renew_seconds: float = Field(default=3.0, gt=0)
     """Seconds between the leader's renewals."""
-    leader_renew_deadline_seconds: float = Field(default=8.0, gt=0)
+    leader_renew_deadline_seconds: float = Field(default=10.0, gt=0)
     """The leader exits (non-zero) when no renewal has succeeded for this long: below the lease duration,
     so it stops before a standby can take over."""
     leader_retry_seconds: float = Field(default=2.0, gt=0)

@@ -62,7 +62,11 @@ def test_demo_trains_iris_on_a_fresh_cluster() -> None:
         for op_pod in op_pods:
             (op_status,) = op_pod["status"]["containerStatuses"]
             assert op_pod["spec"]["containers"][0]["image"] == images["OPERATOR_IMAGE"]
-            assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"] and op_status["ready"], op_status
+            assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"], op_status
+            # A restart (a leader that lost its Lease exits with status 3) shows in restartCount and lastState.
+            assert op_status["ready"] and op_status["restartCount"] == 0, (
+                op_status["restartCount"], op_status.get("lastState"), op_pod["status"].get("conditions"),
+            )  # fmt: skip
         holder = get("lease", "-n", "kubetrain-system", "kubetrain")["spec"]["holderIdentity"]
         assert any(holder.startswith(p["metadata"]["name"]) for p in op_pods), holder  # one of them leads
         # ... and iris trained in a container of the image buildah built from Dockerfile.trainer.

@@ -33,6 +33,18 @@ def _scrape(address: str) -> str:
         return f"(scrape failed: {exc})"
 
 
+def _restarts(cluster: Cluster, ns: str) -> str:
+    """For a failure message: each operator pod's restarts, last state and the end of its previous log."""
+    out = []
+    for pod in cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=kubetrain")["items"]:
+        name, (status,) = pod["metadata"]["name"], pod["status"]["containerStatuses"]
+        out.append(f"\n{name}: restarts {status['restartCount']}, last state {status.get('lastState')}")
+        if status["restartCount"]:
+            previous = cluster.kubectl("logs", "-n", ns, name, "--previous", "--tail=40", check=False)
+            out.append(previous.stdout + previous.stderr)
+    return "".join(out)
+
+
 def _helm_install(cluster: Cluster, release: str, ns: str, *values: str) -> None:
     proc = subprocess.run(
         ["helm", "install", release, str(REPO / "helm" / "kubetrain"), "-n", ns, "--create-namespace",
@@ -253,8 +265,10 @@ def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
                 break
             time.sleep(1)
         missing = [what for what in wanted if not found.get(what)]
-        assert not missing, f"Prometheus lacks {missing}; the operator serves:\n" + "\n".join(
-            line for line in _scrape(target).splitlines() if line.startswith("kubetrain_")
+        assert not missing, (
+            f"Prometheus lacks {missing}; the operator serves:\n"
+            + "\n".join(line for line in _scrape(target).splitlines() if line.startswith("kubetrain_"))
+            + _restarts(cluster, ns)
         )
         # The chart's rules load, and with the operator up, its "down" alert stays silent.
         rules = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5).read())

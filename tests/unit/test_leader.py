@@ -134,28 +134,31 @@ def test_a_released_lease_has_no_holder_and_is_free_at_once() -> None:
 
 
 def test_the_leader_stops_before_a_standby_can_take_over() -> None:
-    """Renewal sent at t=0 (the standby saw it no earlier): the leader is overdue at 8 s, a standby
-    acquires at 10 s at the earliest."""
+    """Renewal sent at t=0 (the standby saw it no earlier): the leader is overdue at 10 s, a standby
+    acquires at 15 s at the earliest."""
     s = Settings()
     assert s.leader_renew_seconds < s.leader_renew_deadline_seconds < s.leader_lease_seconds
-    assert not leader.renew_overdue(0.0, 7.9, s.leader_renew_deadline_seconds)
-    assert leader.renew_overdue(0.0, 8.0, s.leader_renew_deadline_seconds)
+    assert not leader.renew_overdue(0.0, 9.9, s.leader_renew_deadline_seconds)
+    assert leader.renew_overdue(0.0, 10.0, s.leader_renew_deadline_seconds)
     assert not expired(
-        Observation(record(holder="leader"), 0.0), s.leader_renew_deadline_seconds, s.leader_lease_seconds
+        Observation(record(holder="leader", duration=s.leader_lease_seconds), 0.0),
+        s.leader_renew_deadline_seconds,
+        s.leader_lease_seconds,
     )
 
 
 def test_settings_defaults_and_timing_rule() -> None:
     s = Settings.from_env({})
     assert s.leader_election is False  # off outside the chart (local runs, test subprocesses)
-    assert (s.leader_lease_seconds, s.leader_renew_seconds, s.leader_retry_seconds) == (10.0, 3.0, 2.0)
+    assert (s.leader_lease_seconds, s.leader_renew_seconds, s.leader_retry_seconds) == (15.0, 3.0, 2.0)
+    assert s.leader_renew_deadline_seconds == 10.0  # client-go's lease / renew deadline / retry: 15 / 10 / 2
     assert s.lease_namespace == "default"
     pod = Settings.from_env({"POD_NAME": "kt-7f-x", "POD_NAMESPACE": "kubetrain-system"})
     assert pod.pod_name == "kt-7f-x" and pod.lease_namespace == "kubetrain-system"
     explicit = Settings.from_env({"POD_NAMESPACE": "a", "KUBETRAIN_LEADER_LEASE_NAMESPACE": "b"})
     assert explicit.lease_namespace == "b"
     with pytest.raises(ValueError, match="leader_renew_deadline_seconds"):
-        Settings.from_env({"KUBETRAIN_LEADER_RENEW_DEADLINE_SECONDS": "12"})
+        Settings.from_env({"KUBETRAIN_LEADER_RENEW_DEADLINE_SECONDS": "16"})
 
 
 def test_identities_are_the_pod_name_and_a_random_suffix() -> None:
