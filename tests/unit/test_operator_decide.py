@@ -48,8 +48,31 @@ def test_a_new_run_creates_its_job_and_records_it_in_the_same_pass() -> None:
     plan = trd.decide(trd.RunFacts(body=run_body()), SETTINGS, NOW)
     assert [m["metadata"]["name"] for m in plan.create] == [JOB_NAME]
     assert plan.status["jobName"] == JOB_NAME and plan.status["phase"] == "Pending"
-    assert [e.reason for e in plan.events] == ["JobCreated", "PodPending"]
+    # One Event for the Job and the first phase (each Event is an API write).
+    ((event,),) = [plan.events]
+    assert (event.type, event.reason) == ("Normal", "PodPending")
+    assert event.message.startswith(f"created trainer Job {JOB_NAME}; Pending: "), event.message
     assert plan.requeue == pytest.approx(make_run().spec.startup_deadline_seconds + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "phase", "reason"),
+    [({"suspend": True}, "Suspended", "Suspended"), ({"queueName": "team-a"}, "Queued", "Queued")],
+)
+def test_a_new_suspended_or_queued_run_gets_one_event_for_its_job_and_phase(
+    spec: dict[str, Any], phase: str, reason: str
+) -> None:
+    plan = trd.decide(trd.RunFacts(body=run_body(**spec)), SETTINGS, NOW)
+    assert [m["metadata"]["name"] for m in plan.create] == [JOB_NAME] and plan.status["phase"] == phase
+    ((event,),) = [plan.events]
+    assert event.reason == reason and event.message.startswith(f"created trainer Job {JOB_NAME}; {phase}: ")
+    if phase == "Queued":  # admitted: the pass that only changes the phase posts the plain transition Event
+        job = {**plan.create[0], "status": {}}
+        job["spec"] = {**job["spec"], "suspend": False}
+        facts = trd.RunFacts(body=run_body(plan.status, **spec), job=job, pods=[pod("Running")])
+        later = trd.decide(facts, SETTINGS, NOW)
+        assert later.status["phase"] == "Running" and not later.create
+        assert [(e.reason, e.message) for e in later.events] == [("PodRunning", "Running: the trainer is running")]
 
 
 def test_an_existing_job_of_the_run_is_adopted_not_created() -> None:

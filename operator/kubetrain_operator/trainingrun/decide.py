@@ -315,7 +315,14 @@ def _with_status(plan: RunPlan, facts: RunFacts, desired: dict[str, Any]) -> Run
             (c for c in desired.get("conditions", []) if c["type"] == status.COND_SUCCEEDED), {}
         )
         event = k8s.Event.warning if new == status.FAILED else k8s.Event.normal
-        plan.events.append(event(cond.get("reason") or new, f"{new}: {cond.get('message', '')}"))
+        message = f"{new}: {cond.get('message', '')}"
+        created = [e for e in plan.events if e.reason == status.REASON_JOB_CREATED]
+        if created and old is None:
+            # The pass that creates the Job also gives the run its first phase: one Event says both (an Event
+            # is an API write; the JobCreated condition still records the Job).
+            plan.events.remove(created[0])
+            message = f"{created[0].message}; {message}"
+        plan.events.append(event(cond.get("reason") or new, message))
     return plan
 
 
