@@ -64,9 +64,20 @@ def test_demo_trains_iris_on_a_fresh_cluster() -> None:
             assert op_pod["spec"]["containers"][0]["image"] == images["OPERATOR_IMAGE"]
             assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"], op_status
             # A restart (a leader that lost its Lease exits with status 3) shows in restartCount and lastState.
-            assert op_status["ready"] and op_status["restartCount"] == 0, (
-                op_status["restartCount"], op_status.get("lastState"), op_pod["status"].get("conditions"),
-            )  # fmt: skip
+            if not op_status["ready"] or op_status["restartCount"]:
+                previous = subprocess.run(
+                    [str(run_dir / "bin" / "kubectl"), "--kubeconfig", str(run_dir / "admin.kubeconfig"), "logs",
+                     "-n", "kubetrain-system", op_pod["metadata"]["name"], "--previous", "--tail=60"],
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                terminated = (op_status.get("lastState") or {}).get("terminated") or {}
+                pytest.fail(
+                    f"{op_pod['metadata']['name']}: ready {op_status['ready']}, restarts {op_status['restartCount']}, "
+                    f"last exit {terminated.get('exitCode')} ({terminated.get('reason')}, "
+                    f"{terminated.get('startedAt')} - {terminated.get('finishedAt')}); previous log:\n"
+                    + previous.stdout[-4000:]
+                    + previous.stderr[-500:]
+                )
         holder = get("lease", "-n", "kubetrain-system", "kubetrain")["spec"]["holderIdentity"]
         assert any(holder.startswith(p["metadata"]["name"]) for p in op_pods), holder  # one of them leads
         # ... and iris trained in a container of the image buildah built from Dockerfile.trainer.

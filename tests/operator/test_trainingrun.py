@@ -84,9 +84,13 @@ def test_iris_succeeds_in_restricted_namespace(workspace: Workspace, operator_fa
     assert not [c for c in job["status"].get("conditions", []) if c["type"] == "FailedCreate"]
     events = ws.kubectl("get", "events", "--field-selector", "reason=FailedCreate").stdout
     assert "FailedCreate" not in events
-    # Events on the run for each transition: Job created, ..., Trained (Normal)
+    # Events on the run for each transition: Pending (which names the Job it created), ..., Trained (Normal)
     reasons = _event_reasons(ws, "iris", until="Trained")
-    assert reasons.get("JobCreated") == "Normal" and reasons.get("Trained") == "Normal", reasons
+    assert reasons.get("PodPending") == "Normal" and reasons.get("Trained") == "Normal", reasons
+    selector = "involvedObject.kind=TrainingRun,involvedObject.name=iris,reason=PodPending"
+    (first,) = ws.get("events", "--field-selector", selector)["items"]
+    assert first["message"].startswith(f"created trainer Job {st['jobName']}; Pending: "), first["message"]
+    assert "JobCreated" not in reasons, reasons  # one Event for the Job and the first phase, not two
     # no kopf annotations / finalizers on the run; few status writes
     assert not run["metadata"].get("finalizers")
     assert not [a for a in run["metadata"].get("annotations", {}) if "kopf" in a]

@@ -68,6 +68,9 @@ def test_chart_renders_restricted_leader_and_standby_operator(bins: dict[str, st
     # A standby must pass readiness (helm --wait, rolling updates); liveness is the same for both.
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # A slow start (a busy node) is not a liveness failure: the startup probe allows minutes.
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz" and startup["periodSeconds"] * startup["failureThreshold"] >= 300
     (role,) = [d for d in docs if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == "kt-system"
     assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in role["rules"]} == {
