@@ -1158,7 +1158,7 @@ def summary_line(res: dict[str, Any]) -> str:
 # ---- reports ------------------------------------------------------------------------------------------------
 
 
-AS_CONFIGURED = "the operator as configured (worker_limit=20, idle_timeout 5 s)"
+AS_CONFIGURED = "the operator as configured in startup.py (its effective kopf settings are read back below)"
 
 
 def verdict(value: float | None, goal: float, higher_is_better: bool = False) -> str:
