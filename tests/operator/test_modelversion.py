@@ -152,12 +152,14 @@ def test_run_versions_and_alias_promotion(
     listed = cluster.get_json("mv", "-n", ns, "-l", "kubetrain.io/model=iris")["items"]
     assert sorted(i["spec"]["version"] for i in listed) == [1, 2]
 
+    # Each move of the protected alias waits on a promotion-time check of the artifact (a Job whose trainer pod
+    # reads the file back): 30 s was too short for that pod on a loaded node (CI, 3 workers).
     patch_aliases(cluster, ns, "iris-v1", ["production"])
-    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
+    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 120, "v1 production")
     time.sleep(1.1)  # claims are ordered by the API server's write time (seconds), then by observation
     t0 = time.monotonic()
     patch_aliases(cluster, ns, "iris-v2", ["production"])
-    wait_for(lambda: mv_status(cluster, ns, "iris-v2").get("aliases") == ["production"], 30, "v2 production")
+    wait_for(lambda: mv_status(cluster, ns, "iris-v2").get("aliases") == ["production"], 120, "v2 production")
     wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == [], 30, "v1 loses production")
     print(f"MEASURE alias move visible in status after {time.monotonic() - t0:.2f}s")
 
@@ -326,8 +328,10 @@ def test_concurrent_runs_retention_and_operator_kill(
     op = operator_factory(KUBETRAIN_MODEL_RETENTION="3")
     cluster.apply(training_run("first"), ns)
     wait_phase(cluster, ns, "iris-v1", "Ready", 120)
+    # Each move of the protected alias waits on a promotion-time check of the artifact (a Job whose trainer pod
+    # reads the file back): 30 s was too short for that pod on a loaded node (CI, 3 workers).
     patch_aliases(cluster, ns, "iris-v1", ["production"])
-    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 30, "v1 production")
+    wait_for(lambda: mv_status(cluster, ns, "iris-v1").get("aliases") == ["production"], 120, "v1 production")
 
     names = [f"burst-{i}" for i in range(5)]
     for name in names:
