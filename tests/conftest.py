@@ -249,6 +249,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         marker.unlink(missing_ok=True)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """``KUBETRAIN_TEST_TIMELINE=FILE`` appends one JSON line per test phase (worker, node id, phase, start, stop):
+    which worker ran what, and when, to find the run's critical path (``hack/test-timeline FILE``)."""
+    path = os.environ.get("KUBETRAIN_TEST_TIMELINE")
+    if not path or getattr(report, "node", None) is not None:  # the xdist controller's copy of a worker's report
+        return
+    line = {
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+        "nodeid": report.nodeid,
+        "when": report.when,
+        "start": report.start,
+        "stop": report.stop,
+        "outcome": report.outcome,
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 #: Modules whose module-scoped fixtures hold something cluster-wide (Kueue started and stopped on the shared
 #: cluster): all their tests go to one worker, one after the other.
 WHOLE_MODULES = ("tests/operator/test_kueue.py",)
