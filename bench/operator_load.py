@@ -282,6 +282,40 @@ async def wait_empty(api: Api, paths: list[tuple[str, dict[str, str]]], timeout:
     return False
 
 
+# ---- machine and control-plane CPU ---------------------------------------------------------------------------
+
+#: Processes of a loopback control plane (hack/dev-cluster runs them on this machine); read from /proc.
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller")  # comm is cut at 15 characters
+
+
+def cpu_sample() -> dict[str, float]:
+    """Machine-wide busy and total CPU seconds (all cores, /proc/stat) and the control plane's own CPU seconds
+    (kube-apiserver, etcd, kube-controller-manager, by process name; 0 when the cluster is not on this machine)."""
+    clk = os.sysconf("SC_CLK_TCK")
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    busy = total - fields[3] - fields[4]
+    control = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().split(") ", 1)
+        except OSError:
+            continue
+        if comm.split("(", 1)[1] in CONTROL_PLANE:
+            parts = rest.split()
+            control += int(parts[11]) + int(parts[12])
+    return {"busy": busy / clk, "total": total / clk, "control_plane": control / clk}
+
+
+def cpu_use(before: Mapping[str, float], after: Mapping[str, float], wall: float) -> dict[str, float]:
+    """Between two samples: the share of the machine's CPU that was busy, and the cores the control plane used."""
+    total = after["total"] - before["total"]
+    return {
+        "machine_busy_share": round((after["busy"] - before["busy"]) / total, 3) if total > 0 else 0.0,
+        "control_plane_cores": round((after["control_plane"] - before["control_plane"]) / max(wall, 1e-6), 2),
+    }
+
+
 # ---- apiserver_request_total ------------------------------------------------------------------------------
 
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -652,10 +686,12 @@ async def run_load(
     try:
         jobs = [baseline_job(template, f"bl-{tag}-{i}", NS) for i in range(load.count)]
         m0 = parse_request_totals(await api.metrics())
+        c0, t0 = cpu_sample(), time.monotonic()
         sent = await paced_create(api, JOB_PATH.format(ns=NS), jobs, load.rate)
         ok = await watch.wait_for(set(sent), "name", sizes.load_timeout)
+        usage = cpu_use(c0, cpu_sample(), time.monotonic() - t0)
         seen = {n: t for n, (t, _) in watch.seen.items()}
-        result["baseline"] = latency_stats(sent, seen) | {"complete": ok}
+        result["baseline"] = latency_stats(sent, seen) | {"complete": ok} | usage
         m1 = parse_request_totals(await api.metrics())
         result["baseline"]["apiserver_requests"] = counter_delta(m1, m0)
     finally:
@@ -673,11 +709,12 @@ async def run_load(
         m0 = parse_request_totals(await api.metrics())
         if profile_dir is not None:
             spy = start_py_spy(op.pid, profile_dir / f"py-spy-{op.variant}-{tag}.txt")
-        t0 = time.monotonic()
+        c0, t0 = cpu_sample(), time.monotonic()
         sent = await paced_create(api, TR_PATH.format(ns=NS), runs, load.rate)
         ok = await watch.wait_for(set(sent), "run", sizes.load_timeout)
         t_jobs = time.monotonic() - t0
-        result["operator"] = latency_stats(sent, watch.by_run()) | {"complete": ok}
+        usage = cpu_use(c0, cpu_sample(), t_jobs)
+        result["operator"] = latency_stats(sent, watch.by_run()) | {"complete": ok} | usage
         cpu_jobs = op.cpu_seconds() - cpu0
         # Follow-up work (status writes, events, reconciles triggered by the Job's own events).
         settled = await op.settle(60)
@@ -1210,14 +1247,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"RSS at start (idle, after one warm-up run): {data['memory_at_start_mib']}",
             "",
             "| load | who | done | p50 ms | p99 ms | max ms | runs/s | ratio | CPU s | CPU share "
-            "| RSS / HWM MiB | writes/run | reads/run |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| RSS / HWM MiB | writes/run | reads/run | machine busy | control plane cores |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in data["results"]:
             b, o = r["baseline"], r["operator"]
             out.append(
                 f"| {r['load']} | baseline | {b.get('done')}/{b.get('of')} | {b.get('p50_ms')} | {b.get('p99_ms')} | "
-                f"{b.get('max_ms')} | {b.get('throughput_per_s')} | | | | | | |"
+                f"{b.get('max_ms')} | {b.get('throughput_per_s')} | | | | | | | "
+                f"{b.get('machine_busy_share', '')} | {b.get('control_plane_cores', '')} |"
             )
             mem = o.get("memory_mib", {})
             out.append(
@@ -1225,9 +1263,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{o.get('max_ms')} | {o.get('throughput_per_s')} | {r.get('throughput_ratio')} | "
                 f"{o.get('cpu_s_total')} | "
                 f"{o.get('cpu_share_of_one_core_until_all_jobs')} | {mem.get('VmRSS')} / {mem.get('VmHWM')} | "
-                f"{o.get('writes_per_run')} | {o.get('reads_per_run')} |"
+                f"{o.get('writes_per_run')} | {o.get('reads_per_run')} | "
+                f"{o.get('machine_busy_share', '')} | {o.get('control_plane_cores', '')} |"
             )
-        out.append("")
+        out += [
+            "",
+            "*machine busy*: the share of all cores busy from the first create until the last Job appeared "
+            "(/proc/stat); *control plane cores*: CPU of kube-apiserver, etcd and kube-controller-manager over "
+            "the same span, in cores (0 when the cluster is not on this machine).",
+            "",
+        ]
         last = data["results"][-1] if data["results"] else None
         if last:
             out += [f"Requests per run by verb and resource, {last['load']} (operator's client):", "", "```"]

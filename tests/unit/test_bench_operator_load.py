@@ -145,3 +145,16 @@ def test_soak_growth_leaves_the_warm_up_out() -> None:
     out = load.growth_after_warmup(samples, 180)
     assert out == {"warmup_s": 60.0, "from_mib": 100.0, "to_mib": 102.0, "growth_pct": 2.0}
     assert load.growth_after_warmup(samples[:3], 180)["growth_pct"] is None  # one sample after warm-up
+
+
+def test_cpu_use_is_the_busy_share_of_all_cores_and_the_control_planes_cores() -> None:
+    before = {"busy": 100.0, "total": 200.0, "control_plane": 10.0}
+    after = {"busy": 118.0, "total": 220.0, "control_plane": 22.0}  # 20 CPU-s over 10 s of wall on 2 cores
+    assert load.cpu_use(before, after, 10.0) == {"machine_busy_share": 0.9, "control_plane_cores": 1.2}
+    assert load.cpu_use(before, before, 0.0) == {"machine_busy_share": 0.0, "control_plane_cores": 0.0}
+
+
+def test_a_cpu_sample_of_this_machine_counts_no_more_than_it_has() -> None:
+    sample = load.cpu_sample()
+    assert 0 < sample["busy"] <= sample["total"]
+    assert sample["control_plane"] >= 0
