@@ -143,9 +143,10 @@ async def list_jobs(namespace: str, labels: dict[str, str]) -> list[dict[str, An
         return [_dict(j) async for j in client().list(Job, namespace=namespace, labels=selector)]
 
 
-async def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    """The Job's pods as last watched (``cache``), or from the API outside a running operator."""
-    if cache.bound():
+async def list_job_pods(namespace: str, job_name: str, *, fresh: bool = False) -> list[dict[str, Any]]:
+    """The Job's pods as last watched (``cache``), or from the API outside a running operator or when
+    ``fresh`` (a final decision from the pods' state must not rest on a watch that lags a busy API server)."""
+    if cache.bound() and not fresh:
         return cache.job_pods(namespace, job_name)
     async with in_flight():
         pods = client().list(Pod, namespace=namespace, labels={"batch.kubernetes.io/job-name": job_name})

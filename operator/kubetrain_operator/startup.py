@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -35,11 +34,10 @@ async def configure(
 ) -> None:
     """Trigger: operator start. Effect: deliberate kopf settings, our settings read once, the engine's reads
     served from kopf's indexes (``cache``)."""
-    # The watch cache is opt-in until the startup-deadline tests pass with it (see cache.py):
-    # KUBETRAIN_WATCH_CACHE=1 serves the engine's reads from kopf's indexes.
-    if os.environ.get("KUBETRAIN_WATCH_CACHE") == "1":
-        cache.bind(kwargs)
     ours = get_settings()
+    # The engine's reads from kopf's indexes (cache.py); KUBETRAIN_WATCH_CACHE=false reads the API per pass.
+    if ours.watch_cache:
+        cache.bind(kwargs)
     logger.info("kubetrain settings: %s", ours.summary())
     # kopf's own state (kopf's change-detecting handlers are not used: none is written) under our domain.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,18 +99,17 @@ def test_indexes_are_registered_and_bound_at_startup() -> None:
     ids = {h.id for h in kopf.get_default_registry()._indexing.get_all_handlers()}
     assert set(cache._INDEXES) <= ids
     old = get_settings()
-    set_settings(Settings.from_env({"KUBETRAIN_METRICS_PORT": "0"}))
     try:
         settings = kopf.OperatorSettings()
         fake = {name: {} for name in cache._INDEXES}
+        set_settings(Settings.from_env({"KUBETRAIN_METRICS_PORT": "0", "KUBETRAIN_WATCH_CACHE": "false"}))
         asyncio.run(startup.configure(settings=settings, logger=logging.getLogger("test"), **fake))
-        assert not cache.bound(), "opt-in: KUBETRAIN_WATCH_CACHE=1"
-        os.environ["KUBETRAIN_WATCH_CACHE"] = "1"
+        assert not cache.bound(), "KUBETRAIN_WATCH_CACHE=false reads from the API"
+        set_settings(Settings.from_env({"KUBETRAIN_METRICS_PORT": "0"}))  # the default: the cache
         asyncio.run(startup.configure(settings=settings, logger=logging.getLogger("test"), **fake))
         assert cache.bound()
         # Deliberate queueing (see startup.configure): no worker limit (it deadlocks with indexes), short idle.
         assert settings.queueing.worker_limit is None and settings.queueing.idle_timeout == 0.5
     finally:
-        os.environ.pop("KUBETRAIN_WATCH_CACHE", None)
         cache.unbind()
         set_settings(old)

@@ -96,6 +96,9 @@ async def _gather_running(facts: RunFacts, run: Any, now: dt.datetime) -> None:
         return
     facts.pods = await kube.list_job_pods(namespace, jname)
     outcome = status.observe(run, facts.job, facts.pods, now)
+    if outcome.delete_job:  # the start-up deadline: its reason (Unschedulable, ImagePullFailed) from the API
+        facts.pods = await kube.list_job_pods(namespace, jname, fresh=True)
+        outcome = status.observe(run, facts.job, facts.pods, now)
     settings = get_settings()
     if not outcome.terminal:
         for node in nodeloss.nodes_to_read(facts.pods, settings.node_lost_seconds):
