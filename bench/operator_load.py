@@ -387,8 +387,6 @@ class Operator:
             KUBETRAIN_METRICS_PORT=str(free_port()),
             KUBETRAIN_HEALTH_PORT=str(free_port()),
             KUBETRAIN_BENCH_TUNING=json.dumps(VARIANTS[self.variant]),
-            # The operator's watch cache (opt-in in the operator) is what the benchmark measures.
-            KUBETRAIN_WATCH_CACHE=os.environ.get("KUBETRAIN_WATCH_CACHE", "1"),
             KUBETRAIN_BENCH_STATS_PORT=str(self.stats_port),
             PYTHONUNBUFFERED="1",
             **(extra_env or {}),

@@ -20,10 +20,8 @@ from .conftest import Operator, Workspace, iris_run
 
 pytestmark = [pytest.mark.cluster]
 
-#: Runs present at the restart (KUBETRAIN_TEST_RESTART_RUNS overrides; ~1,000 keeps the test in minutes here).
-RESTART_RUNS = int(os.environ.get("KUBETRAIN_TEST_RESTART_RUNS", "1000"))
-#: The watch cache is opt-in (startup.configure).
-CACHE = {"KUBETRAIN_WATCH_CACHE": "1"}
+#: Runs present at the restart (KUBETRAIN_TEST_RESTART_RUNS overrides).
+RESTART_RUNS = int(os.environ.get("KUBETRAIN_TEST_RESTART_RUNS", "2000"))
 
 
 def _metric(op: Operator, name: str, **labels: str) -> float:
@@ -38,7 +36,7 @@ def test_job_edited_behind_the_operators_back_is_put_back(
     workspace: Workspace, operator_factory: Callable[..., Operator]
 ) -> None:
     ws = workspace
-    operator_factory(**CACHE)
+    operator_factory()
     ws.apply(iris_run("edited", suspend=True))
     ws.wait_phase("edited", ("Suspended",), timeout=60)
     job = ws.run("edited")["status"]["jobName"]
@@ -53,7 +51,7 @@ def test_job_deleted_behind_the_operators_back_is_seen(
     workspace: Workspace, operator_factory: Callable[..., Operator]
 ) -> None:
     ws = workspace
-    operator_factory(**CACHE)
+    operator_factory()
     ws.apply(iris_run("vanished", suspend=True))
     ws.wait_phase("vanished", ("Suspended",), timeout=60)
     job = ws.run("vanished")["status"]["jobName"]
@@ -66,7 +64,7 @@ def test_pod_deleted_behind_the_operators_back_is_seen(
     workspace: Workspace, operator_factory: Callable[..., Operator]
 ) -> None:
     ws = workspace
-    operator_factory(**CACHE)
+    operator_factory()
     # A pod that never starts (its image cannot be pulled) stays for as long as the test needs; the run's
     # message names it. Deleted by hand, the Job makes another: the message must name the new one.
     ws.apply(iris_run("repodded", image="registry.invalid/kubetrain/trainer:0.0.0", startupDeadlineSeconds=600))
@@ -83,10 +81,6 @@ def test_pod_deleted_behind_the_operators_back_is_seen(
     assert second != first
 
 
-@pytest.mark.skipif(
-    "KUBETRAIN_TEST_RESTART_RUNS" not in os.environ,
-    reason="opt-in (set KUBETRAIN_TEST_RESTART_RUNS=1000) until it has passed on this machine; the cache is opt-in too",
-)
 def test_restart_with_many_runs_creates_no_job(workspace: Workspace, operator_factory: Callable[..., Operator]) -> None:
     ws = workspace
     n = RESTART_RUNS
@@ -95,7 +89,7 @@ def test_restart_with_many_runs_creates_no_job(workspace: Workspace, operator_fa
         run = iris_run(f"many-{i:05d}", suspend=True)
         run["metadata"]["labels"] = {"kubetrain.io/test": "restart"}
         items.append(run)
-    op = operator_factory(**CACHE)
+    op = operator_factory()
     for start in range(0, n, 50):
         batch = {"apiVersion": "v1", "kind": "List", "items": items[start : start + 50]}
         # No client-side validation: it fetches the whole OpenAPI document per call (timed out on a loaded
@@ -113,7 +107,7 @@ def test_restart_with_many_runs_creates_no_job(workspace: Workspace, operator_fa
     before = job_uids()
     assert len(before) == n
     op.stop()
-    op.start(**CACHE)
+    op.start()
     # Every run is looked at again after the restart (one pass each at least) ...
     wait_until(
         f"{n} passes after the restart",
