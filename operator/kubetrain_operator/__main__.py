@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     settings = get_settings()  # read the environment once, before anything runs
-    from . import handlers  # noqa: F401  (registers the kinds and the kopf handlers)
+    from . import (
+        handlers,  # noqa: F401  (registers the kinds and the kopf handlers)
+        readiness,
+    )
+
+    readiness.apply()  # kopf's start-up readiness without waking every waiting worker per object
 
     return asyncio.run(run(args, settings))
 
