@@ -5,7 +5,10 @@
     watch event (the object, a child Job or pod, a related object)   requeue timer
                  │ routed to its owner: (kind, namespace, key)            │
                  ▼                                                        ▼
-           trigger ── coalesced: one pass at a time per key, at most one queued behind it
+           trigger ── returns at once: the key joins the work queue (a key is queued once; a key
+                 │    triggered during its own pass is queued again when that pass ends)
+                 ▼
+        RECONCILE_WORKERS tasks take keys off the queue: one pass at a time per key
                  │
                  ▼
         gather(key, memory) -> facts        reads only: the object and its children
@@ -18,6 +21,11 @@
                                             facts were stale, the rest of the plan is dropped and the key
                                             is reconciled again at once —, then patches, deletions, the
                                             status (only when it changed), Events
+
+The work queue is controller-runtime's: the watch handlers never wait for a pass, so kopf's per-object
+workers (each holding its raw watch event) end at once, and the passes in progress — each with its facts, a
+plan and API responses — are bounded by the number of workers, not by the number of objects that changed
+(a restart with 5,000 runs present, a burst of 1,000 new ones).
 
 A pass that raises is retried with exponential backoff (2, 4, 8 … 300 s); an invalid spec is not an
 exception but a decision (status Failed, no requeue). kopf's error classes are not used here: kopf's
@@ -117,10 +125,12 @@ class Reconciler(Protocol):
         """The engine key of the owner ``owner`` of a child with ``labels``."""
 
 
-@dataclass
+Key = tuple[str, str, str]
+"""(kind, namespace, key) of one engine object."""
+
+
+@dataclass(slots=True)
 class _State:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: bool = False
     requeue: asyncio.TimerHandle | None = None
     failures: int = 0
     agains: int = 0
@@ -133,12 +143,19 @@ class Again(Exception):
 
 
 class Engine:
-    """Serialises and coalesces the passes of each (kind, namespace, key); requeues; retries errors."""
+    """A work queue of keys served by ``workers`` tasks: one pass at a time per key, coalesced triggers,
+    requeues, retried errors."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int | None = None) -> None:
         self.kinds: dict[str, Reconciler] = {}
-        self._states: dict[tuple[str, str, str], _State] = {}
+        self.workers = workers
+        self._states: dict[Key, _State] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[Key] | None = None
+        self._queued: set[Key] = set()
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def register(self, reconciler: Reconciler) -> None:
         self.kinds[reconciler.kind] = reconciler
@@ -149,17 +166,72 @@ class Engine:
             state.requeue.cancel()
         self.kinds[kind].forget(namespace, key)
 
-    async def trigger(self, kind: str, namespace: str, key: str) -> None:
-        """Reconcile now, unless a pass is already queued behind the running one (it sees the latest state)."""
-        state = self._states.setdefault((kind, namespace, key), _State())
-        if state.pending:
+    def trigger(self, kind: str, namespace: str, key: str) -> None:
+        """Queue a pass of the key and return at once. A key already queued is not queued twice (the one pass
+        sees the latest state); a key in its pass now is queued again when that pass ends."""
+        k = (kind, namespace, key)
+        if k in self._running:
+            self._dirty.add(k)
             return
-        state.pending = True
-        async with state.lock:
-            state.pending = False
-            delay = await self._pass(self.kinds[kind], namespace, key, state)
-        if delay is not None and (kind, namespace, key) in self._states:
-            self._requeue(kind, namespace, key, state, delay)
+        if k in self._queued:
+            return
+        queue = self._ensure_workers()
+        self._queued.add(k)
+        queue.put_nowait(k)
+        metrics.QUEUE_DEPTH.set(len(self._queued))
+
+    def depth(self) -> int:
+        """Keys waiting for a worker."""
+        return len(self._queued)
+
+    def _ensure_workers(self) -> asyncio.Queue[Key]:
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:
+            # A new event loop (a restarted operator in one process, unit tests): start over on it.
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._queued.clear()
+            self._running.clear()
+            self._dirty.clear()
+            count = self.workers or get_settings().reconcile_workers
+            for i in range(count):
+                self._spawn(self._work(self._queue), name=f"kubetrain-reconcile-{i}")
+        return self._queue
+
+    async def stop(self) -> None:
+        """Cancel the workers and the requeue timers (the operator stops)."""
+        for state in self._states.values():
+            if state.requeue:
+                state.requeue.cancel()
+                state.requeue = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._queue, self._loop = None, None
+        self._queued.clear()
+        self._running.clear()
+        self._dirty.clear()
+
+    async def _work(self, queue: asyncio.Queue[Key]) -> None:
+        while True:
+            k = await queue.get()
+            self._queued.discard(k)
+            metrics.QUEUE_DEPTH.set(len(self._queued))
+            kind, namespace, key = k
+            state = self._states.setdefault(k, _State())
+            if state.requeue:  # this pass decides anew when to look next
+                state.requeue.cancel()
+                state.requeue = None
+            self._running.add(k)
+            try:
+                delay = await self._pass(self.kinds[kind], namespace, key, state)
+            finally:
+                self._running.discard(k)
+            if k in self._dirty:
+                self._dirty.discard(k)
+                self.trigger(kind, namespace, key)
+            elif delay is not None and self._states.get(k) is state:
+                self._requeue(k, state, delay)
 
     async def _pass(self, reconciler: Reconciler, namespace: str, key: str, state: _State) -> float | None:
         try:
@@ -202,18 +274,22 @@ class Engine:
         state.agains = 0
         return plan.requeue
 
-    def _requeue(self, kind: str, namespace: str, key: str, state: _State, delay: float) -> None:
+    def _requeue(self, k: Key, state: _State, delay: float) -> None:
         """Look at the object again after ``delay`` seconds even if nothing happens (like RequeueAfter)."""
         if state.requeue:
             state.requeue.cancel()
 
         def fire() -> None:
             state.requeue = None
-            task = asyncio.ensure_future(self.trigger(kind, namespace, key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.trigger(*k)
 
         state.requeue = asyncio.get_running_loop().call_later(max(MIN_REQUEUE, delay), fire)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def route_pod(self, labels: Mapping[str, str]) -> tuple[str, str] | None:
         """(kind, key) of the object a pod belongs to, by the label each kind names."""
@@ -223,15 +299,15 @@ class Engine:
         return None
 
 
-async def object_event(kind: str, type: str, namespace: str | None, name: str) -> None:
+def object_event(kind: str, type: str, namespace: str | None, name: str) -> None:
     """A kind's own watch event: a deleted object is forgotten (its children go by garbage collection),
-    any other event is one engine pass."""
+    any other event queues one engine pass."""
     if not namespace:
         return
     if type == "DELETED":
         ENGINE.forget(kind, namespace, name)
         return
-    await ENGINE.trigger(kind, namespace, name)
+    ENGINE.trigger(kind, namespace, name)
 
 
 async def apply_children(plan: Plan) -> None:

@@ -42,6 +42,11 @@ RUN_DURATION = Histogram(
     buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
 )
 
+QUEUE_DEPTH = Gauge(
+    "kubetrain_reconcile_queue_depth",
+    "Objects waiting for a reconcile worker (KUBETRAIN_RECONCILE_WORKERS serve the queue)",
+)
+
 LEADER = Gauge(
     "kubetrain_leader", "1 while this replica holds the leader Lease and runs the handlers, 0 while it is a standby"
 )

@@ -16,7 +16,7 @@ from . import k8s
 from .engine import ENGINE
 
 
-async def route(obj: kopf.Body, namespace: str | None) -> None:
+def route(obj: kopf.Body, namespace: str | None) -> None:
     """One engine pass of the object owning ``obj`` (a Job or a pod), if it is ours."""
     if not namespace:
         return
@@ -26,17 +26,17 @@ async def route(obj: kopf.Body, namespace: str | None) -> None:
     if routed is None:
         return
     kind, owner_name = routed
-    await ENGINE.trigger(kind, namespace, ENGINE.kinds[kind].key_of_child(labels, owner_name))
+    ENGINE.trigger(kind, namespace, ENGINE.kinds[kind].key_of_child(labels, owner_name))
 
 
 @kopf.on.event("batch", "v1", "jobs")
 async def job_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     """Trigger: an event of a Job we own (server-side label selector). Effect: its owner's pass."""
-    await route(body, namespace)
+    route(body, namespace)
 
 
 @kopf.on.event("", "v1", "pods")
 async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     """Trigger: an event of a pod of one of our Jobs (server-side label selector). Effect: its owner's pass,
     so start-up problems (Unschedulable, ImagePullBackOff), Running and a finished container show at once."""
-    await route(body, namespace)
+    route(body, namespace)

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from . import cache, kube
+from .engine import ENGINE
 from .k8s import OWNED_SELECTOR
 from .settings import get_settings
 
@@ -92,7 +93,8 @@ def _queueing_and_logging(settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    """Trigger: operator stop. Effect: the API client closed."""
+    """Trigger: operator stop. Effect: the engine's workers stopped, the API client closed."""
+    await ENGINE.stop()
     await kube.close()
 
 

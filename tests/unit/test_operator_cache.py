@@ -37,6 +37,28 @@ def test_strip_drops_what_no_pass_reads() -> None:
     assert cache.strip("Pod", pod)["spec"] == {"nodeName": "n1"} and cache.strip("Pod", pod)["status"] == pod["status"]
 
 
+def test_entries_are_compact_json_and_every_read_is_a_copy(
+    indexes: dict[str, dict[Any, list[Any]]],
+) -> None:
+    run = _obj(
+        "TrainingRun",
+        "r",
+        "7",
+        spec={"model": "iris", "dataset": {"uri": "pvc://data/iris.csv", "target": "species"}},
+        status={"phase": "Running", "conditions": [{"type": "Succeeded", "status": "Unknown"}]},
+    )
+    run["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:model": {}}}}]
+    entry = cache.pack("TrainingRun", run)
+    assert (entry.rv, entry.name) == (7, "r") and isinstance(entry.data, bytes)
+    assert b"managedFields" not in entry.data and cache.unpack(entry) == cache.strip("TrainingRun", run)
+    indexes["kubetrain_runs"][("ns", "r")] = [entry]
+    first = cache.training_run("ns", "r")
+    assert first is not None and first["status"]["phase"] == "Running"
+    first["status"]["phase"] = "Failed"  # a reader that changes its copy changes nothing cached
+    again = cache.training_run("ns", "r")
+    assert again is not None and again["status"]["phase"] == "Running"
+
+
 def test_unbound_means_api_reads() -> None:
     cache.unbind()
     assert not cache.bound()
@@ -49,9 +71,9 @@ def test_our_write_is_seen_until_the_watch_catches_up(indexes: dict[str, dict[An
     assert cache.job("ns", "j") is None
     cache.wrote(_obj("Job", "j", "10", status={"active": 0}))
     assert cache.job("ns", "j") is not None, "our creation is seen before its watch event"
-    jobs[("ns", "j")] = [_obj("Job", "j", "9")]  # an older watched version: ours wins
+    jobs[("ns", "j")] = [cache.pack("Job", _obj("Job", "j", "9"))]  # an older watched version: ours wins
     assert cache.job("ns", "j")["metadata"]["resourceVersion"] == "10"  # type: ignore[index]
-    jobs[("ns", "j")] = [_obj("Job", "j", "12")]  # the watch caught up: the overlay goes
+    jobs[("ns", "j")] = [cache.pack("Job", _obj("Job", "j", "12"))]  # the watch caught up: the overlay goes
     assert cache.job("ns", "j")["metadata"]["resourceVersion"] == "12"  # type: ignore[index]
     assert not cache._overlay
     del jobs[("ns", "j")]  # deleted (DELETED event): gone, no ghost from the overlay
@@ -75,7 +97,10 @@ def test_overlay_expires(indexes: dict[str, dict[Any, list[dict[str, Any]]]], mo
 
 
 def test_model_versions_merge_watch_and_writes(indexes: dict[str, dict[Any, list[dict[str, Any]]]]) -> None:
-    indexes["kubetrain_versions"]["ns"] = [_obj("ModelVersion", "m-v1", "5"), _obj("ModelVersion", "m-v2", "6")]
+    indexes["kubetrain_versions"]["ns"] = [
+        cache.pack("ModelVersion", _obj("ModelVersion", "m-v1", "5")),
+        cache.pack("ModelVersion", _obj("ModelVersion", "m-v2", "6")),
+    ]
     cache.wrote(_obj("ModelVersion", "m-v2", "8", status={"phase": "Ready"}))
     cache.wrote(_obj("ModelVersion", "m-v3", "9"))
     got = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in cache.model_versions("ns")}
@@ -90,7 +115,7 @@ def test_pods_are_indexed_by_their_job() -> None:
     got = asyncio.run(
         cache._index_pods(body=kopf.Body(pod), namespace="ns", labels={"batch.kubernetes.io/job-name": "j"})
     )
-    assert got == {("ns", "j"): cache.strip("Pod", pod)}
+    assert got == {("ns", "j"): cache.pack("Pod", pod)}
     assert asyncio.run(cache._index_pods(body=kopf.Body(pod), namespace="ns", labels={})) is None
 
 

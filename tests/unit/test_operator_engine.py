@@ -46,22 +46,89 @@ class Fake:
         return owner
 
 
-def _run(fake: Fake, seconds: float, triggers: int = 1) -> Engine:
-    eng = Engine()
+def _run(fake: Fake, seconds: float, triggers: int = 1, workers: int = 4) -> Engine:
+    eng = Engine(workers=workers)
     eng.register(fake)
 
     async def main() -> None:
-        await asyncio.gather(*(eng.trigger("TrainingRun", "ns", "a") for _ in range(triggers)))
+        for _ in range(triggers):
+            eng.trigger("TrainingRun", "ns", "a")
         await asyncio.sleep(seconds)
+        await eng.stop()
 
     asyncio.run(main())
     return eng
 
 
-def test_triggers_during_a_pass_coalesce_into_one_more_pass() -> None:
+def test_triggers_before_a_pass_coalesce_into_one_pass() -> None:
     fake = Fake([Plan(), Plan(), Plan(), Plan()])
     _run(fake, 0.05, triggers=5)
-    assert fake.passes == 2  # the running one + one queued behind it, not five
+    assert fake.passes == 1  # queued once: the one pass sees the latest state
+
+
+def test_triggers_during_a_pass_queue_exactly_one_more_pass() -> None:
+    fake = Fake([Plan(), Plan(), Plan(), Plan()])
+    eng = Engine(workers=4)
+    eng.register(fake)
+
+    async def main() -> None:
+        eng.trigger("TrainingRun", "ns", "a")
+        await asyncio.sleep(0.005)  # the pass is in its gather (10 ms)
+        assert fake.passes == 1
+        for _ in range(5):
+            eng.trigger("TrainingRun", "ns", "a")
+        await asyncio.sleep(0.1)
+        await eng.stop()
+
+    asyncio.run(main())
+    assert fake.passes == 2  # the running one + one after it, never two at once
+
+
+def test_trigger_returns_at_once_and_the_workers_bound_the_passes_in_progress() -> None:
+    class Slow(Fake):
+        def __init__(self) -> None:
+            super().__init__([Plan() for _ in range(20)])
+            self.now = 0
+            self.most = 0
+
+        async def gather(self, namespace: str, key: str, memory: Mapping[str, Any], now: dt.datetime) -> Any:
+            self.passes += 1
+            self.now += 1
+            self.most = max(self.most, self.now)
+            await asyncio.sleep(0.02)
+            self.now -= 1
+            return {}
+
+    fake = Slow()
+    eng = Engine(workers=3)
+    eng.register(fake)
+
+    async def main() -> None:
+        for i in range(10):
+            eng.trigger("TrainingRun", "ns", f"run-{i}")
+        assert fake.passes == 0 and eng.depth() == 10  # nothing ran inside trigger
+        await asyncio.sleep(0.3)
+        assert eng.depth() == 0
+        await eng.stop()
+
+    asyncio.run(main())
+    assert fake.passes == 10 and fake.most == 3
+
+
+def test_a_key_forgotten_during_its_pass_is_not_requeued() -> None:
+    fake = Fake([Plan(requeue=0.01), Plan()])
+    eng = Engine(workers=2)
+    eng.register(fake)
+
+    async def main() -> None:
+        eng.trigger("TrainingRun", "ns", "a")
+        await asyncio.sleep(0.005)
+        eng.forget("TrainingRun", "ns", "a")  # a DELETED event while the pass runs
+        await asyncio.sleep(0.1)
+        await eng.stop()
+
+    asyncio.run(main())
+    assert fake.passes == 1 and not eng._states
 
 
 def test_requeue_and_memory_reach_the_next_pass() -> None:

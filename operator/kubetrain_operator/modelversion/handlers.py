@@ -33,7 +33,7 @@ async def modelversion_event(body: kopf.Body, namespace: str | None, **_: Any) -
     engine pass over every version of its model."""
     model = (body.get("spec") or {}).get("model")
     if namespace and model:
-        await ENGINE.trigger(KIND, namespace, str(model))
+        ENGINE.trigger(KIND, namespace, str(model))
 
 
 class ModelVersionReconciler:

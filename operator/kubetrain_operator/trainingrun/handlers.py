@@ -7,7 +7,6 @@ fires ``on.event`` for every run, which re-checks it; kopf writes no annotations
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -24,14 +23,13 @@ from .decide import RunFacts, RunPlan
 
 log = logging.getLogger("kubetrain.trainingrun")
 KIND = "TrainingRun"
-_tasks: set[asyncio.Task[None]] = set()
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns")
 async def trainingrun_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
     """Trigger: any event of a TrainingRun (creation, spec change, our own status writes, the initial
     listing after a restart). Effect: one engine pass; a deleted run is forgotten (its Job goes by GC)."""
-    await object_event(KIND, type, namespace, name)
+    object_event(KIND, type, namespace, name)
 
 
 class TrainingRunReconciler:
@@ -76,7 +74,7 @@ class TrainingRunReconciler:
         metrics.observe_phase(meta["namespace"], meta["name"], plan.desired.get("phase") or facts.current.get("phase"))
         if plan.register is not None:
             # Its ModelVersion trusts it once this status (with the model's sha256) is stored: look now.
-            _spawn(ENGINE.trigger("ModelVersion", meta["namespace"], plan.register["spec"]["model"]))
+            ENGINE.trigger("ModelVersion", meta["namespace"], plan.register["spec"]["model"])
 
     def forget(self, namespace: str, name: str) -> None:
         metrics.observe_phase(namespace, name, None)
@@ -166,12 +164,6 @@ def _count_write(namespace: str, plan: RunPlan) -> None:
     t0, t1 = k8s.parse_time(desired.get("startTime")), k8s.parse_time(desired.get("completionTime"))
     if new in status.TERMINAL_PHASES and t0 and t1:
         metrics.RUN_DURATION.labels(namespace, new).observe((t1 - t0).total_seconds())
-
-
-def _spawn(coro: Any) -> None:
-    task = asyncio.ensure_future(coro)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
 
 
 ENGINE.register(TrainingRunReconciler())

@@ -47,7 +47,7 @@ DRIFT_PSI = Gauge(
 async def trainingschedule_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
     """Trigger: any event of a TrainingSchedule. Effect: one engine pass; a deleted one is forgotten (its
     runs go by garbage collection)."""
-    await object_event(KIND, type, namespace, name)
+    object_event(KIND, type, namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns", id="trainingschedule-child")
@@ -56,7 +56,7 @@ async def child_run_event(body: kopf.Body, namespace: str | None, **_: Any) -> N
     schedule controlling it, if one does."""
     owner = k8s.controller_of(dict(body))
     if namespace and owner and owner[0] == KIND:
-        await ENGINE.trigger(KIND, namespace, owner[1])
+        ENGINE.trigger(KIND, namespace, owner[1])
 
 
 class TrainingScheduleReconciler:
