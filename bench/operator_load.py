@@ -24,7 +24,7 @@ aiohttp client (bounded concurrency), all traffic goes to 127.0.0.1, every wait 
 
     .venv/bin/python bench/operator_load.py --quick                 # a couple of minutes (make bench-quick)
     .venv/bin/python bench/operator_load.py                         # the full benchmark (make bench)
-    .venv/bin/python bench/operator_load.py --repo /work/main --variants v0.1,tuned --soak-seconds 120
+    .venv/bin/python bench/operator_load.py --repo /work/main --variants operator,tuned --soak-seconds 120
     .venv/bin/python bench/operator_load.py --profile               # py-spy record of each burst
 
 Writes bench/reports/operator_load-<UTC date>.json/.md and operator_load-latest.json/.md.
@@ -88,9 +88,9 @@ GOALS = {
 }
 
 #: kopf settings overrides per variant (applied by operator_shim.py after the operator's startup handler).
-#: "v0.1" is the operator exactly as configured in handlers/startup.py.
+#: "operator" is the operator exactly as configured in startup.py (reports before 2026-12-07 call it "v0.1").
 VARIANTS: dict[str, dict[str, Any]] = {
-    "v0.1": {},
+    "operator": {},
     # kopf's default: no cap on concurrent per-object workers (each idles 5 s after its last event).
     "unlimited": {"queueing.worker_limit": None},
     # no cap, idle workers exit after 0.5 s: fewer parked tasks during a burst.
@@ -1374,10 +1374,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a couple of minutes)")
     parser.add_argument("--repo", default=str(REPO), help="operator checkout to benchmark (default: this one)")
     parser.add_argument("--kubeconfig", help="an existing loopback cluster instead of hack/dev-cluster up")
-    parser.add_argument("--variants", default="v0.1,tuned", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="operator", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--loads", default="", help="only loads whose name contains one of these (comma-separated)")
-    parser.add_argument("--memory-variants", default="tuned", help="variants of the memory test ('' = none)")
-    parser.add_argument("--soak-variants", default="tuned", help="variants of the soak ('' = none)")
+    parser.add_argument("--memory-variants", default="operator", help="variants of the memory test ('' = none)")
+    parser.add_argument("--soak-variants", default="operator", help="variants of the soak ('' = none)")
     parser.add_argument("--memory-objects", type=int, help="runs and versions of the memory test (each)")
     parser.add_argument("--load-timeout", type=float, help="bound of the wait for one load's Jobs (s)")
     parser.add_argument("--settle-timeout", type=float, help="bound of the memory test's settle wait (s)")

@@ -41,11 +41,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import k8s, kube, metrics
+from . import k8s, kube, memtrim, metrics, readiness
 from .settings import Settings, get_settings
 
 log = logging.getLogger("kubetrain.engine")
@@ -56,6 +57,10 @@ MAX_ERROR_DELAY = 300.0
 MIN_REQUEUE = 0.05
 #: Passes in a row that may end in Again before the next ones back off.
 MAX_AGAINS = 5
+#: When the queue drains after at least this many passes (a restart's listing, a burst), the C allocator is
+#: asked to give its free pages back (``memtrim``), at most once per ``TRIM_INTERVAL`` seconds.
+TRIM_AFTER_PASSES = 200
+TRIM_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,8 @@ class Engine:
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._passes_since_trim = 0
+        self._last_trim = 0.0
 
     def register(self, reconciler: Reconciler) -> None:
         self.kinds[reconciler.kind] = reconciler
@@ -214,6 +221,7 @@ class Engine:
 
     async def _work(self, queue: asyncio.Queue[Key]) -> None:
         while True:
+            await readiness.wait_indexed()  # after a restart: no pass before every index is filled
             k = await queue.get()
             self._queued.discard(k)
             metrics.QUEUE_DEPTH.set(len(self._queued))
@@ -232,6 +240,16 @@ class Engine:
                 self.trigger(kind, namespace, key)
             elif delay is not None and self._states.get(k) is state:
                 self._requeue(k, state, delay)
+            self._passes_since_trim += 1
+            if not self._queued and not self._running:
+                self._drained()
+
+    def _drained(self) -> None:
+        """The queue is empty and no pass runs: after a burst, hand the burst's freed memory back."""
+        now = time.monotonic()
+        if self._passes_since_trim >= TRIM_AFTER_PASSES and now - self._last_trim >= TRIM_INTERVAL:
+            self._passes_since_trim, self._last_trim = 0, now
+            memtrim.trim()
 
     async def _pass(self, reconciler: Reconciler, namespace: str, key: str, state: _State) -> float | None:
         try:

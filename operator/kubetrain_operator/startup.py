@@ -16,6 +16,10 @@ from .settings import get_settings
 PREFIX = "kubetrain.io"
 #: kopf's delays between retries of a failed API request: short at first, never above 5 s, ~5 min in total.
 API_ERROR_BACKOFFS: tuple[float, ...] = (1, 2, 3, 5) + (5,) * 58
+#: Objects per page of the initial listing of each watched resource.
+LIST_CHUNK_SIZE = 200
+#: Seconds a kopf per-object worker (and the watch event it holds) outlives its object's last event.
+KOPF_IDLE_TIMEOUT = 0.1
 
 
 class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -58,6 +62,10 @@ async def configure(
     settings.watching.server_timeout = ours.watch_server_timeout or None
     settings.watching.client_timeout = ours.watch_client_timeout or None
     settings.watching.connect_timeout = 30
+    # The initial listing (start-up, and a re-list after a 410 Gone) in pages: one response per 200 objects,
+    # not one holding every run of the cluster at once (readiness.py: each object's raw event is dropped as
+    # soon as it is indexed and its key queued).
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.watching.reconnect_backoff = 1.0
     # Retries of failed API requests, watch (re)connects included. kopf's default (1, 1, 2, ..., 13, 21 s)
     # left the watches up to 21 s behind an API server that was back, and gives up after ~1 min of outage;
@@ -74,17 +82,17 @@ async def configure(
 def _queueing_and_logging(settings: kopf.OperatorSettings) -> None:
     """kopf's worker queueing and its per-event log lines, set deliberately (measured: bench/reports)."""
     # Queueing. kopf runs one worker task per object with events; a worker lives on for idle_timeout
-    # after its object's last event. Measured (bench/reports): worker_limit=20 with kopf's 5 s idle_timeout
-    # served at most 20 objects per ~5 s (≈4 runs/s, the process idle). A limit also DEADLOCKS with the
-    # watch cache's kopf indexes: every worker indexes its object, then waits until ALL objects are indexed;
-    # with 1,000 runs present at start and 200 slots, 200 workers wait for 800 that never get a slot
-    # (measured: no Job created for 1,000 runs). So no limit: workers are cheap tasks (a pass reads only the
-    # cache) and exit 0.5 s after their object's last event; the API requests they make are bounded
-    # instead (kube.MAX_IN_FLIGHT = 20), which is what gave ReadTimeouts without a limit before.
-    # (kopf's time-based batching, settings.batching.batch_window, was removed from kopf: nothing to set;
-    # every event is processed, and the engine coalesces passes per object.)
+    # after its object's last event, holding that event (the whole object as watched). Our handlers only
+    # queue a key for the engine's workers (engine.py), which serialise and coalesce the passes of each
+    # object themselves, so a kopf worker has nothing to wait for: it ends 0.1 s after its last event
+    # (kopf's default 5 s, with worker_limit=20, served at most 20 objects per ~5 s: ≈4 runs/s while the
+    # process idled, bench/reports). No worker_limit: a limit DEADLOCKS with kopf's indexes at start-up
+    # (every worker indexes its object, then kopf's readiness waits for ALL objects: with 1,000 runs present
+    # and 200 slots, no Job was ever created), and the work in progress is bounded by the engine's workers
+    # (KUBETRAIN_RECONCILE_WORKERS) and the API requests by kube.MAX_IN_FLIGHT instead.
+    # (kopf's time-based batching, settings.batching.batch_window, was removed from kopf: nothing to set.)
     settings.queueing.worker_limit = None
-    settings.queueing.idle_timeout = 0.5
+    settings.queueing.idle_timeout = KOPF_IDLE_TIMEOUT
     # kopf logs "Handler '...' succeeded." at INFO for every event of every object: noise at scale
     # (4+ lines per run). Its warnings and errors stay; --verbose shows everything.
     if not logging.getLogger().isEnabledFor(logging.DEBUG):

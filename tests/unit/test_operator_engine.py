@@ -7,7 +7,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from kubetrain_operator import engine, k8s
+from kopf._cogs.aiokits import aiotoggles
+from kubetrain_operator import engine, k8s, readiness
 from kubetrain_operator.engine import Again, Engine, Plan
 from kubetrain_operator.settings import Settings
 
@@ -113,6 +114,29 @@ def test_trigger_returns_at_once_and_the_workers_bound_the_passes_in_progress() 
 
     asyncio.run(main())
     assert fake.passes == 10 and fake.most == 3
+
+
+def test_no_pass_runs_before_every_index_is_filled() -> None:
+    assert readiness.apply()
+    fake = Fake([Plan()])
+    eng = Engine(workers=2)
+    eng.register(fake)
+
+    async def main() -> None:
+        indexed = aiotoggles.ToggleSet(all)  # kopf's: one toggle per resource still listing
+        listing = await indexed.make_toggle(name="trainingruns listing")
+        eng.trigger("TrainingRun", "ns", "a")  # a handler of the initial listing queues its key
+        await asyncio.sleep(0.05)
+        assert fake.passes == 0
+        await indexed.drop_toggle(listing)
+        await asyncio.sleep(0.05)
+        await eng.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        readiness._indexed = None
+    assert fake.passes == 1
 
 
 def test_a_key_forgotten_during_its_pass_is_not_requeued() -> None:
