@@ -908,6 +908,26 @@ async def run_memory(
         result["churn"] = await churn(api, repo, op, nss[0], sizes.churn_seconds, rate=10.0, keep_s=5.0)
     finally:
         op.stop()
+    # A restart with everything present (runs, versions, and now their Jobs): the usual case of an operator
+    # upgraded or rescheduled on a cluster with thousands of runs; it has nothing to create.
+    op = Operator(repo, kubeconfig, variant, log_dir)
+    op.start(["--all-namespaces"])
+    try:
+        await op.wait_ready()
+        t1 = time.monotonic()
+        settled = await op.settle(sizes.settle_timeout, quiet_windows=5)
+        reqs = await op.requests()
+        result["restart"] = {
+            "settle_s": round(settled, 1),
+            "settled": settled < sizes.settle_timeout,
+            "wall_s": round(time.monotonic() - t1, 1),
+            "cpu_s": round(op.cpu_seconds(), 1),
+            "memory_mib": op.memory_mib(),
+            "requests": reqs,
+        } | per_run(reqs, len(runs) + len(mvs))
+        log(f"memory: restart settled={settled:.0f}s {op.memory_mib()}")
+    finally:
+        op.stop()
     for ns in nss:
         await api.call("DELETE", f"/api/v1/namespaces/{ns}", ok=(404,))
     return result
@@ -1305,8 +1325,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"- churn ({c.get('rate_per_s')}/s for {c.get('seconds')} s): RSS "
                 f"{c.get('rss_first_third_median_mib')} → "
                 f"{c.get('rss_last_third_median_mib')} MiB ({c.get('growth_pct')} %)",
-                "",
             ]
+            r = mem.get("restart")
+            if r:
+                out += [
+                    f"- restarted with everything present (runs, versions and their Jobs): settled {r.get('settled')} "
+                    f"after {r.get('settle_s')} s; CPU {r.get('cpu_s')} s; memory {r.get('memory_mib')}; requests per "
+                    f"object: writes {r.get('writes_per_run')}, reads {r.get('reads_per_run')}",
+                ]
+            out += [""]
     if report["soak"]:
         out += ["## Soak", ""]
         for v, s in report["soak"].items():
@@ -1347,6 +1374,11 @@ def goal_rows(report: dict[str, Any]) -> dict[tuple[str, str], str]:
             rows[("rss", variant)] = (
                 f"{mem} MiB with {size} (" + (verdict(mem, 200) if full else "goal's size not measured") + ")"
             )
+            again = memtest.get("restart", {}).get("memory_mib", {}).get("VmRSS")
+            if again is not None:
+                rows[("rss", variant)] += f"; restarted with their Jobs present: {again} MiB" + (
+                    f" ({verdict(again, 200)})" if full else ""
+                )
         soak = report["soak"].get(variant)
         if soak is not None:
             aw = growth_after_warmup(soak["samples"], soak["seconds"])

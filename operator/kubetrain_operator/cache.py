@@ -61,15 +61,19 @@ def unpack(entry: Entry) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class _Written:
-    rv: int
-    obj: dict[str, Any]
+    entry: Entry
     until: float
 
 
 _indices: dict[str, Any] = {}
 _overlay: dict[tuple[str, str, str], _Written] = {}
+#: The index holding each kind we write (pods are never written).
+_INDEX_OF = {"TrainingRun": "kubetrain_runs", "Job": "kubetrain_jobs", "ModelVersion": "kubetrain_versions"}
+#: Expired overlay entries of objects no pass reads again are dropped this often.
+SWEEP_SECONDS = 5.0
+_last_sweep = 0.0
 
 
 def bind(kwargs: Mapping[str, Any]) -> None:
@@ -124,18 +128,49 @@ def _seen(kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None
     """A watched version of an object: our overlay of it goes once the watch caught up with it."""
     key = (kind, namespace, name)
     written = _overlay.get(key)
-    if written is not None and _rv(body) >= written.rv:
+    if written is not None and _rv(body) >= written.entry.rv:
         del _overlay[key]
 
 
+def _watched_rv(kind: str, namespace: str, name: str) -> int:
+    """The newest resourceVersion the watch delivered of an object (-1: none)."""
+    index = _INDEX_OF.get(kind)
+    if index is None or index not in _indices:
+        return -1
+    if kind == "ModelVersion":
+        entries = [e for e in _store(index, namespace) if e.name == name]
+    else:
+        entries = _store(index, (namespace, name))
+    return max((e.rv for e in entries), default=-1)
+
+
 def wrote(obj: Mapping[str, Any]) -> None:
-    """Write-through: ``obj`` is what the API returned for one of our creations or patches."""
+    """Write-through: ``obj`` is what the API returned for one of our creations or patches. Kept only while the
+    watch has not delivered that version: when the watch event of our own write came first (it often does
+    under load), an entry kept now would never be dropped by ``_seen``."""
     if not bound() or not obj:
         return
     meta = obj.get("metadata") or {}
     kind, namespace, name = str(obj.get("kind") or ""), meta.get("namespace") or "", meta.get("name") or ""
-    if kind and name:
-        _overlay[(kind, namespace, name)] = _Written(_rv(obj), strip(kind, obj), time.monotonic() + OVERLAY_SECONDS)
+    if not (kind and name):
+        return
+    now = time.monotonic()
+    entry = pack(kind, obj)
+    if _watched_rv(kind, namespace, name) >= entry.rv:
+        _overlay.pop((kind, namespace, name), None)
+    else:
+        _overlay[(kind, namespace, name)] = _Written(entry, now + OVERLAY_SECONDS)
+    _sweep(now)
+
+
+def _sweep(now: float) -> None:
+    """Drop expired entries (objects that no pass read again after the entry expired)."""
+    global _last_sweep
+    if now - _last_sweep < SWEEP_SECONDS:
+        return
+    _last_sweep = now
+    for key in [k for k, w in _overlay.items() if w.until < now]:
+        del _overlay[key]
 
 
 def deleted(kind: str, namespace: str, name: str) -> None:
@@ -146,8 +181,8 @@ def deleted(kind: str, namespace: str, name: str) -> None:
 def _pick(kind: str, namespace: str, name: str, watched: Iterable[Entry]) -> dict[str, Any] | None:
     best = max(watched, key=lambda e: e.rv, default=None)
     written = _overlay.get((kind, namespace, name))
-    if written is not None and time.monotonic() <= written.until and (best is None or best.rv < written.rv):
-        return written.obj
+    if written is not None and time.monotonic() <= written.until and (best is None or best.rv < written.entry.rv):
+        return unpack(written.entry)
     if written is not None:
         del _overlay[(kind, namespace, name)]
     return unpack(best) if best is not None else None

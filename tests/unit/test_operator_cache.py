@@ -88,6 +88,25 @@ def test_the_index_event_drops_the_overlay(indexes: dict[str, dict[Any, list[dic
     assert not cache._overlay
 
 
+def test_a_write_the_watch_already_delivered_is_not_kept(indexes: dict[str, dict[Any, list[Any]]]) -> None:
+    indexes["kubetrain_jobs"][("ns", "j")] = [cache.pack("Job", _obj("Job", "j", "11"))]
+    cache.wrote(_obj("Job", "j", "11"))  # the watch event of our own creation came before the response
+    indexes["kubetrain_versions"]["ns"] = [cache.pack("ModelVersion", _obj("ModelVersion", "m-v1", "7"))]
+    cache.wrote(_obj("ModelVersion", "m-v1", "6"))
+    cache.wrote(_obj("TrainingRun", "r", "3"))  # nothing watched yet: kept
+    assert set(cache._overlay) == {("TrainingRun", "ns", "r")}
+
+
+def test_expired_writes_are_swept_without_a_read(
+    indexes: dict[str, dict[Any, list[Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache, "OVERLAY_SECONDS", -1.0)
+    monkeypatch.setattr(cache, "SWEEP_SECONDS", 0.0)
+    for i in range(50):
+        cache.wrote(_obj("TrainingRun", f"r{i}", "3"))  # e.g. runs deleted right after our write
+    assert len(cache._overlay) <= 1, "expired entries of objects nobody reads again are dropped"
+
+
 def test_overlay_expires(indexes: dict[str, dict[Any, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch) -> None:
     cache.wrote(_obj("TrainingRun", "r", "3"))
     assert cache.training_run("ns", "r") is not None
