@@ -62,9 +62,8 @@ class Settings(BaseSettings):
     reconcile_workers: int = Field(default=32, ge=1, le=1000)
     """Passes run at once (the engine's work queue is served by this many tasks; one pass at a time per
     object). The watch handlers only queue a key, so this bounds the memory of the work in progress after a
-    restart or during a burst; the API requests of those passes are bounded separately (20 in flight). 32
-    keeps 2 cores busy during a burst of 1,000 runs (bench/reports); raise it when the API server is far away
-    (each pass then waits longer on its requests)."""
+    restart or during a burst; the API requests of those passes are bounded separately (20 in flight). Raise
+    it when the API server is far away (each pass then waits longer on its requests)."""
     watch_server_timeout: int = Field(default=300, ge=0)
     """Whole seconds (the API's ``timeoutSeconds`` is an integer) the API server keeps one watch request
     open before ending it cleanly; kopf then re-watches from the last resourceVersion (0 = the server's

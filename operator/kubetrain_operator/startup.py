@@ -19,7 +19,7 @@ API_ERROR_BACKOFFS: tuple[float, ...] = (1, 2, 3, 5) + (5,) * 58
 #: Objects per page of the initial listing of each watched resource.
 LIST_CHUNK_SIZE = 200
 #: Seconds a kopf per-object worker (and the watch event it holds) outlives its object's last event.
-KOPF_IDLE_TIMEOUT = 0.1
+KOPF_IDLE_TIMEOUT = 0.5
 
 
 class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -84,7 +84,7 @@ def _queueing_and_logging(settings: kopf.OperatorSettings) -> None:
     # Queueing. kopf runs one worker task per object with events; a worker lives on for idle_timeout
     # after its object's last event, holding that event (the whole object as watched). Our handlers only
     # queue a key for the engine's workers (engine.py), which serialise and coalesce the passes of each
-    # object themselves, so a kopf worker has nothing to wait for: it ends 0.1 s after its last event
+    # object themselves, so a kopf worker has nothing to wait for: it ends 0.5 s after its last event
     # (kopf's default 5 s, with worker_limit=20, served at most 20 objects per ~5 s: ≈4 runs/s while the
     # process idled, bench/reports). No worker_limit: a limit DEADLOCKS with kopf's indexes at start-up
     # (every worker indexes its object, then kopf's readiness waits for ALL objects: with 1,000 runs present

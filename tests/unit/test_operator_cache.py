@@ -153,7 +153,7 @@ def test_indexes_are_registered_and_bound_at_startup() -> None:
         asyncio.run(startup.configure(settings=settings, logger=logging.getLogger("test"), **fake))
         assert cache.bound()
         # Deliberate queueing (see startup.configure): no worker limit (it deadlocks with indexes), short idle.
-        assert settings.queueing.worker_limit is None and settings.queueing.idle_timeout == 0.1
+        assert settings.queueing.worker_limit is None and settings.queueing.idle_timeout == 0.5
         assert settings.watching.chunk_size == startup.LIST_CHUNK_SIZE == 200  # the initial listing in pages
     finally:
         cache.unbind()
