@@ -97,6 +97,12 @@ async def _gather_running(facts: RunFacts, run: Any, now: dt.datetime) -> None:
     if outcome.delete_job:  # the start-up deadline: its reason (Unschedulable, ImagePullFailed) from the API
         facts.pods = await kube.list_job_pods(namespace, jname, fresh=True)
         outcome = status.observe(run, facts.job, facts.pods, now)
+    elif outcome.phase == status.SUCCEEDED and outcome.result is None:
+        # The Job is Complete but the watched pods do not show the trainer's result (termination message) yet:
+        # the pods' watch lags the Jobs' (e.g. reconnecting). The result comes from the API, or the run would
+        # be written Succeeded without its metrics and model, for good.
+        facts.pods = await kube.list_job_pods(namespace, jname, fresh=True)
+        outcome = status.observe(run, facts.job, facts.pods, now)
     settings = get_settings()
     if not outcome.terminal:
         for node in nodeloss.nodes_to_read(facts.pods, settings.node_lost_seconds):
