@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pytest
 from kopf._cogs.aiokits import aiotoggles
 from kubetrain_operator import engine, k8s, readiness
 from kubetrain_operator.engine import Again, Engine, Plan
 from kubetrain_operator.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _no_indexed_set_left() -> Iterator[None]:
+    """kopf's indexed set is process-wide (readiness._indexed): no test leaves one for the next."""
+    readiness._indexed = None
+    yield
+    readiness._indexed = None
 
 
 class Fake:

@@ -5,9 +5,19 @@ still releases every waiter when it does (real kopf objects, no cluster)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
+import pytest
 from kopf._cogs.aiokits import aiotoggles
 from kubetrain_operator import readiness
+
+
+@pytest.fixture(autouse=True)
+def _no_indexed_set_left() -> Iterator[None]:
+    """kopf's indexed set is process-wide (readiness._indexed): no test leaves one for the next."""
+    readiness._indexed = None
+    yield
+    readiness._indexed = None
 
 
 class CountingCondition(asyncio.Condition):
@@ -61,7 +71,13 @@ def test_kopf_workers_do_not_wait_for_the_indexes_the_engine_does() -> None:
 
 def test_without_a_running_operator_nothing_waits() -> None:
     readiness._indexed = None
-    asyncio.run(asyncio.wait_for(readiness.wait_indexed(), 1))
+
+    async def waited() -> bool:
+        task = asyncio.ensure_future(readiness.wait_indexed())
+        await asyncio.sleep(0.01)
+        return task.done()
+
+    assert asyncio.run(waited()), "unit tests and scripts (no kopf) must not wait for indexes"
 
 
 def test_waiters_for_off_are_released_when_a_toggle_turns_the_set_off() -> None:
