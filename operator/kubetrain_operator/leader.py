@@ -17,12 +17,12 @@ after it, so two replicas never reconcile at once (unless the leader's event loo
 On a clean stop (SIGTERM) the leader releases the Lease (no holder), so a standby takes over at its next look.
 
 The decisions are pure functions (``observe``, ``decide``, ``lease_spec``, ``renew_overdue``) over a
-``LeaseRecord``; ``LeaderElector`` does the I/O with its own lightkube client (short timeouts, not behind
-``kube.in_flight``: a burst of reconciles must not delay a renewal). The leader renews in a THREAD of its own
-with its own event loop and client (as client-go renews in a goroutine of its own): in kopf's loop a renewal
-waited behind every ready callback, and an operator starved of CPU (50m requested on a busy node) lost its
-Lease while it worked through a burst. The deadline timer lives in that thread too, so it fires even while
-kopf's loop is blocked.
+``LeaseRecord``; ``LeaderElector`` does the I/O with its own lightkube client (each renewal may take the
+time left before the renew deadline; not behind ``kube.in_flight``: a burst of reconciles must not delay a
+renewal). The leader renews in a THREAD of its own with its own event loop and client (as client-go renews in
+a goroutine of its own): in kopf's loop a renewal waited behind every ready callback, and an operator starved
+of CPU (50m requested on a busy node) lost its Lease while it worked through a burst. The deadline timer lives
+in that thread too, so it fires even while kopf's loop is blocked.
 """
 
 from __future__ import annotations
@@ -227,11 +227,14 @@ class LeaderElector:
             import httpx2
             from lightkube import AsyncClient
 
-            # Half the renew deadline: a slow API server (seconds per write under load) still gets a renewal
-            # through, and a request hung on a dead connection leaves time for one retry on a new one. The
-            # deadline timer stops the leader in any case (client-go bounds the whole retry loop the same way).
-            timeout = max(0.5, self.renew_deadline / 2)
-            self._client = AsyncClient(field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(timeout))
+            # The client's own bound is the whole renew deadline; each renewal is cut sooner, at the time left
+            # before the deadline (``_renew_loop``), as client-go runs each try under the renew deadline's
+            # context. Half the deadline per request (before 2026-12-07) gave a slow API server ONE try: a
+            # renewal sent 3 s after the last one timed out at 8 s, the retry waited 2 s and the deadline
+            # (10 s) came first; CI's demo leader exited that way while etcd was slow on a busy machine.
+            self._client = AsyncClient(
+                field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(max(0.5, self.renew_deadline))
+            )
         return self._client
 
     async def _read(self) -> LeaseRecord | None:
@@ -406,20 +409,43 @@ class LeaderElector:
             started.set()
             loop.close()
 
+    async def _renew_once(self) -> bool:
+        """One renewal, cut at the renew deadline: a request may take all the time left (a slow API server
+        still gets it through), never more (the deadline timer has stopped the leader by then)."""
+        loop = asyncio.get_running_loop()
+        left = self._last_renewed + self.renew_deadline - loop.time()
+        try:
+            async with asyncio.timeout(max(0.05, left)):
+                return await self.try_once()
+        except TimeoutError:
+            log.warning(
+                "leader election: renewing the Lease %s/%s took longer than the %.1fs left before the deadline",
+                self.namespace,
+                self.name,
+                left,
+            )
+            self._obs = None
+            return False
+
     async def _renew_loop(self) -> None:
         interval = self.renew_interval
+        loop = asyncio.get_running_loop()
         try:
             while self.leader:
                 await asyncio.sleep(interval)
-                if await self.try_once():
+                started = loop.time()
+                if await self._renew_once():
                     interval = self.renew_interval
                     continue
                 if self.holder and self.holder != self.identity:
                     self._lose(f"the Lease is held by {self.holder}")
                     return
-                # Not renewed: after a 409 read the Lease at once (someone else wrote it: maybe a new holder),
-                # else retry soon (never twice at once: no tight loop); the deadline timer is the bound.
-                interval = 0 if self._conflict and interval else self.retry_interval
+                # Not renewed: after a 409 read the Lease at once (someone else wrote it: maybe a new holder);
+                # after a try that failed slowly (a timeout: the retry interval has passed already) try again at
+                # once on a new connection; after a quick failure (refused) wait the retry interval (no tight
+                # loop). The deadline timer is the bound.
+                slow = loop.time() - started >= self.retry_interval
+                interval = 0 if slow or (self._conflict and interval) else self.retry_interval
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug here must not leave a leader that no longer renews

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,10 @@ def test_demo_trains_iris_on_a_fresh_cluster() -> None:
             (op_status,) = op_pod["status"]["containerStatuses"]
             assert op_pod["spec"]["containers"][0]["image"] == images["OPERATOR_IMAGE"]
             assert op_status["imageID"] == images["OPERATOR_IMAGE_ID"], op_status
-            # A restart (a leader that lost its Lease exits with status 3) shows in restartCount and lastState.
+            # A restart shows in restartCount and lastState. The one restart the design allows: a leader that
+            # could not renew its Lease within the renew deadline (the API server starved on a busy machine:
+            # CI's 2 cores run three test workers and this private cluster) exits with status 3 and comes back
+            # as a standby; the run must still have trained once (one Job, below). Any other restart fails.
             if not op_status["ready"] or op_status["restartCount"]:
                 previous = subprocess.run(
                     [str(run_dir / "bin" / "kubectl"), "--kubeconfig", str(run_dir / "admin.kubeconfig"), "logs",
@@ -71,6 +75,16 @@ def test_demo_trains_iris_on_a_fresh_cluster() -> None:
                     capture_output=True, text=True,
                 )  # fmt: skip
                 terminated = (op_status.get("lastState") or {}).get("terminated") or {}
+                lost_lease = (
+                    op_status["ready"]
+                    and op_status["restartCount"] == 1
+                    and terminated.get("exitCode") == 3
+                    and "leader election: lost the Lease" in previous.stdout + previous.stderr
+                )
+                if lost_lease:
+                    name = op_pod["metadata"]["name"]
+                    warnings.warn(f"{name} lost its Lease once:\n{previous.stdout[-1500:]}", stacklevel=1)
+                    continue
                 pytest.fail(
                     f"{op_pod['metadata']['name']}: ready {op_status['ready']}, restarts {op_status['restartCount']}, "
                     f"last exit {terminated.get('exitCode')} ({terminated.get('reason')}, "
@@ -83,6 +97,8 @@ def test_demo_trains_iris_on_a_fresh_cluster() -> None:
         # ... and iris trained in a container of the image buildah built from Dockerfile.trainer.
         trainer_pods = get("pods", "-n", "kubetrain-demo", "-l", "kubetrain.io/run=iris")["items"]
         assert trainer_pods, "the iris trainer pod is gone"
+        jobs = get("jobs", "-n", "kubetrain-demo", "-l", "kubetrain.io/run=iris")["items"]
+        assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]  # trained once, leader restarts or not
         for trainer in trainer_pods:
             (status,) = trainer["status"]["containerStatuses"]
             assert status["image"].endswith(images["TRAINER_IMAGE"]) and status["imageID"] == images["TRAINER_IMAGE_ID"]

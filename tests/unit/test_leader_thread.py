@@ -81,3 +81,84 @@ def test_the_deadline_stops_a_leader_that_cannot_renew_even_while_the_main_loop_
     assert len(failed) >= 3, elector.writes  # it kept retrying until the deadline
     # Once lost, nothing is released: the Lease may be someone else's by now.
     assert all(thread == "kubetrain-leader" for thread, _ in elector.writes[1:]), elector.writes
+
+
+class SlowLease(FakeLease):
+    """Writes that take ``delays`` seconds each in turn (then answer at once); ``fail_slow`` makes the first
+    slow write end in an error, as a request that timed out does."""
+
+    def __init__(self, lost: list[str], delays: list[float], fail_slow: bool = False) -> None:
+        super().__init__(lost)
+        self.delays = delays
+        self.fail_slow = fail_slow
+
+    async def _write(self, record: LeaseRecord | None, spec: dict[str, Any]) -> LeaseRecord:
+        if threading.current_thread().name == "kubetrain-leader" and self.delays:
+            await asyncio.sleep(self.delays.pop(0))
+            if self.fail_slow:
+                self.fail_slow = False
+                self.writes.append((threading.current_thread().name, "timed out"))
+                raise TimeoutError("ReadTimeout")
+        return await super()._write(record, spec)
+
+
+def test_a_slow_renewal_may_take_the_time_left_before_the_deadline() -> None:
+    # Deadline 0.4 s, renewal every 0.05 s: a write that takes 0.3 s (three quarters of the deadline; the API
+    # server under load) still renews; half the deadline per request used to cut it and lose the Lease.
+    lost: list[str] = []
+    elector = SlowLease(lost, delays=[0.3])
+
+    async def main() -> None:
+        assert await elector.wait_for_leadership()
+        await elector.start_renewing()
+        await asyncio.sleep(1.0)
+        assert elector.leader and not lost, lost
+        await elector.stop(release=True)
+
+    asyncio.run(main())
+    assert not lost
+
+
+def test_the_lease_client_lets_a_request_take_the_whole_renew_deadline(monkeypatch: Any) -> None:
+    import lightkube
+
+    made: list[Any] = []
+    monkeypatch.setattr(lightkube, "AsyncClient", lambda **kw: made.append(kw) or object())
+    elector = leader.LeaderElector(Settings.from_env({}), identity="me")
+    elector._api()
+    (kwargs,) = made
+    assert kwargs["timeout"].read == elector.renew_deadline == 10.0
+
+
+def test_a_renewal_that_failed_slowly_is_retried_at_once() -> None:
+    # Retry interval 0.3 s: after a try that hung 0.25 s and failed (a read timeout), waiting the retry
+    # interval (0.05 + 0.25 + 0.3 = 0.6 s) would pass the 0.4 s deadline; the retry goes at once instead.
+    lost: list[str] = []
+    elector = SlowLease(lost, delays=[0.25], fail_slow=True)
+    elector.retry_interval = 0.2
+
+    async def main() -> None:
+        assert await elector.wait_for_leadership()
+        await elector.start_renewing()
+        await asyncio.sleep(1.0)
+        assert elector.leader and not lost, (lost, elector.writes)
+        await elector.stop(release=True)
+
+    asyncio.run(main())
+    assert ("kubetrain-leader", "timed out") in elector.writes
+    assert not lost
+
+
+def test_a_renewal_that_hangs_is_cut_at_the_deadline() -> None:
+    lost: list[str] = []
+    elector = SlowLease(lost, delays=[30.0])
+
+    async def main() -> None:
+        assert await elector.wait_for_leadership()
+        await elector.start_renewing()
+        await asyncio.sleep(1.0)
+        assert lost == ["no renewal succeeded for 0.4s"], lost
+        await elector.stop(release=True)
+
+    asyncio.run(main())
+    assert not elector.leader
