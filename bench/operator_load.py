@@ -321,6 +321,26 @@ def cpu_use(before: Mapping[str, float], after: Mapping[str, float], wall: float
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
+_ENGINE_SERIES = {
+    "kubetrain_reconcile_total": "passes",
+    "kubetrain_reconcile_duration_seconds_sum": "pass_seconds",
+    "kubetrain_reconcile_queue_wait_seconds_sum": "wait_seconds",
+    "kubetrain_reconcile_queue_wait_seconds_count": "waits",
+}
+
+
+def engine_stats(before: Mapping[str, float], after: Mapping[str, float], runs: int) -> dict[str, Any]:
+    """Passes per run, their mean time and the mean time a key waited for a worker, between two scrapes."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _ENGINE_SERIES.values()}
+    out: dict[str, Any] = {}
+    if d["passes"] > 0:
+        out["passes_per_run"] = round(d["passes"] / max(runs, 1), 2)
+        out["pass_mean_ms"] = round(1000 * d["pass_seconds"] / d["passes"], 1)
+    if d["waits"] > 0:
+        out["queue_wait_mean_ms"] = round(1000 * d["wait_seconds"] / d["waits"], 1)
+    return out
+
+
 def parse_request_totals(text: str) -> dict[str, float]:
     """apiserver_request_total summed by "<verb> <resource>[/<subresource>]" (codes and scopes summed)."""
     out: dict[str, float] = collections.defaultdict(float)
@@ -377,14 +397,16 @@ class Operator:
         self.log_path = log_dir / f"operator-{variant}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.stats_port = 0
+        self.metrics_port = 0
         self.clk = os.sysconf("SC_CLK_TCK")
 
     def start(self, scope: list[str], extra_env: dict[str, str] | None = None) -> None:
         self.stats_port = free_port()
+        self.metrics_port = free_port()
         env = dict(os.environ)
         env.update(
             KUBECONFIG=self.kubeconfig,
-            KUBETRAIN_METRICS_PORT=str(free_port()),
+            KUBETRAIN_METRICS_PORT=str(self.metrics_port),
             KUBETRAIN_HEALTH_PORT=str(free_port()),
             KUBETRAIN_BENCH_TUNING=json.dumps(VARIANTS[self.variant]),
             KUBETRAIN_BENCH_STATS_PORT=str(self.stats_port),
@@ -440,6 +462,24 @@ class Operator:
                     raise RuntimeError(f"operator exited ({rc}); see {self.log_path}") from None
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"operator stats endpoint not answering; see {self.log_path}")
+
+    async def engine_totals(self) -> dict[str, float]:
+        """The operator's own /metrics, summed over kinds: passes, their time, the time keys waited in the work
+        queue (absent before the work queue: an older checkout))."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+                s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r,
+            ):
+                text = await r.text()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return {}
+        out: dict[str, float] = collections.defaultdict(float)
+        for line in text.splitlines():
+            name, _, rest = line.partition("{")
+            if name in _ENGINE_SERIES:
+                out[_ENGINE_SERIES[name]] += float(rest.rsplit(" ", 1)[1])
+        return dict(out)
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Until the stats endpoint answers (started by the last startup handler) and the watches run."""
@@ -704,6 +744,7 @@ async def run_load(
     try:
         runs = [run_manifest(repo, f"r-{tag}-{i}", NS, tag) for i in range(load.count)]
         cpu0, req0 = op.cpu_seconds(), await op.requests()
+        e0 = await op.engine_totals()
         m0 = parse_request_totals(await api.metrics())
         if profile_dir is not None:
             spy = start_py_spy(op.pid, profile_dir / f"py-spy-{op.variant}-{tag}.txt")
@@ -712,7 +753,9 @@ async def run_load(
         ok = await watch.wait_for(set(sent), "run", sizes.load_timeout)
         t_jobs = time.monotonic() - t0
         usage = cpu_use(c0, cpu_sample(), t_jobs)
+        e1 = await op.engine_totals()
         result["operator"] = latency_stats(sent, watch.by_run()) | {"complete": ok} | usage
+        result["operator"]["engine_until_all_jobs"] = engine_stats(e0, e1, load.count)
         cpu_jobs = op.cpu_seconds() - cpu0
         # Follow-up work (status writes, events, reconciles triggered by the Job's own events).
         settled = await op.settle(60)
@@ -721,8 +764,10 @@ async def run_load(
             spy = None
             result["profile_wall_s"] = round(time.monotonic() - t0, 1)
         cpu1, req1 = op.cpu_seconds(), await op.requests()
+        e2 = await op.engine_totals()
         m1 = parse_request_totals(await api.metrics())
         reqs = counter_delta(req1, req0)
+        result["operator"]["engine_total"] = engine_stats(e0, e2, load.count)
         result["operator"] |= {
             "cpu_s_until_all_jobs": round(cpu_jobs, 2),
             "wall_s_until_all_jobs": round(t_jobs, 2),

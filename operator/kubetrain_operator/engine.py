@@ -6,7 +6,8 @@
                  │ routed to its owner: (kind, namespace, key)            │
                  ▼                                                        ▼
            trigger ── returns at once: the key joins the work queue (a key is queued once; a key
-                 │    triggered during its own pass is queued again when that pass ends)
+                 │    triggered during its own pass is queued again when that pass ends; a key the engine
+                 │    has not reconciled yet goes first: a new run gets its Job before older runs' follow-ups)
                  ▼
         RECONCILE_WORKERS tasks take keys off the queue: one pass at a time per key
                  │
@@ -27,6 +28,12 @@ workers (each holding its raw watch event) end at once, and the passes in progre
 plan and API responses — are bounded by the number of workers, not by the number of objects that changed
 (a restart with 5,000 runs present, a burst of 1,000 new ones).
 
+Two lanes: a key with no pass yet (a new object, or one seen first after a restart) is served before the keys
+that come back (their own status echo, a Job's or pod's update, a requeue timer). In a burst of new runs, FIFO
+order made every new run wait behind the follow-ups of the runs before it (each Job creation brings its own
+echo, the Job's and the pods' updates): a user's new run waited for other runs' status bookkeeping. The
+follow-ups wait instead; nothing is dropped, the order only changes while new keys keep arriving.
+
 A pass that raises is retried with exponential backoff (2, 4, 8 … 300 s); an invalid spec is not an
 exception but a decision (status Failed, no requeue). kopf's error classes are not used here: kopf's
 change-detecting handlers are not used either, so kopf writes no annotations and adds no finalizer.
@@ -39,6 +46,7 @@ their controller ownerReference, its pods by the label the reconciler names in `
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
@@ -156,8 +164,10 @@ class Engine:
         self.workers = workers
         self._states: dict[Key, _State] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queue: asyncio.Queue[Key] | None = None
-        self._queued: set[Key] = set()
+        # One token per queued key wakes one worker; the worker takes the oldest key of the first lane.
+        self._queue: asyncio.Queue[None] | None = None
+        self._lanes: tuple[collections.deque[Key], collections.deque[Key]] = (collections.deque(), collections.deque())
+        self._queued: dict[Key, float] = {}  # key -> when it was queued (loop time)
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,20 +193,23 @@ class Engine:
         if k in self._queued:
             return
         queue = self._ensure_workers()
-        self._queued.add(k)
-        queue.put_nowait(k)
+        self._queued[k] = self._loop.time() if self._loop else 0.0
+        self._lanes[0 if k not in self._states else 1].append(k)
+        queue.put_nowait(None)
         metrics.QUEUE_DEPTH.set(len(self._queued))
 
     def depth(self) -> int:
         """Keys waiting for a worker."""
         return len(self._queued)
 
-    def _ensure_workers(self) -> asyncio.Queue[Key]:
+    def _ensure_workers(self) -> asyncio.Queue[None]:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._loop is not loop:
             # A new event loop (a restarted operator in one process, unit tests): start over on it.
             self._loop, self._queue = loop, asyncio.Queue()
             self._queued.clear()
+            for lane in self._lanes:
+                lane.clear()
             self._running.clear()
             self._dirty.clear()
             count = self.workers or get_settings().reconcile_workers
@@ -216,16 +229,21 @@ class Engine:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._queue, self._loop = None, None
         self._queued.clear()
+        for lane in self._lanes:
+            lane.clear()
         self._running.clear()
         self._dirty.clear()
 
-    async def _work(self, queue: asyncio.Queue[Key]) -> None:
+    async def _work(self, queue: asyncio.Queue[None]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await readiness.wait_indexed()  # after a restart: no pass before every index is filled
-            k = await queue.get()
-            self._queued.discard(k)
+            await queue.get()
+            k = self._lanes[0].popleft() if self._lanes[0] else self._lanes[1].popleft()
+            queued_at = self._queued.pop(k)
             metrics.QUEUE_DEPTH.set(len(self._queued))
             kind, namespace, key = k
+            metrics.QUEUE_WAIT.labels(kind).observe(loop.time() - queued_at)
             state = self._states.setdefault(k, _State())
             if state.requeue:  # this pass decides anew when to look next
                 state.requeue.cancel()

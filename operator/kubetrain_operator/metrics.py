@@ -46,6 +46,12 @@ QUEUE_DEPTH = Gauge(
     "kubetrain_reconcile_queue_depth",
     "Objects waiting for a reconcile worker (KUBETRAIN_RECONCILE_WORKERS serve the queue)",
 )
+QUEUE_WAIT = Histogram(
+    "kubetrain_reconcile_queue_wait_seconds",
+    "Time an object waited in the work queue before its reconciliation started",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 LEADER = Gauge(
     "kubetrain_leader", "1 while this replica holds the leader Lease and runs the handlers, 0 while it is a standby"

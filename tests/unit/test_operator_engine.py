@@ -125,6 +125,38 @@ def test_trigger_returns_at_once_and_the_workers_bound_the_passes_in_progress() 
     assert fake.passes == 10 and fake.most == 3
 
 
+def test_keys_never_reconciled_go_before_keys_that_come_back() -> None:
+    # One worker. Three runs reconciled once each come back (their Jobs' updates); then three new runs are
+    # created. The new ones are served first, each in the order it came; the returning ones after them.
+    class Order(Fake):
+        def __init__(self) -> None:
+            super().__init__([Plan() for _ in range(20)])
+            self.order: list[str] = []
+
+        async def gather(self, namespace: str, key: str, memory: Mapping[str, Any], now: dt.datetime) -> Any:
+            self.order.append(key)
+            await asyncio.sleep(0.01)
+            return {}
+
+    fake = Order()
+    eng = Engine(workers=1)
+    eng.register(fake)
+
+    async def main() -> None:
+        for i in range(3):
+            eng.trigger("TrainingRun", "ns", f"old-{i}")
+        await asyncio.sleep(0.1)
+        assert fake.order == ["old-0", "old-1", "old-2"]
+        for i in range(3):
+            eng.trigger("TrainingRun", "ns", f"old-{i}")  # a follow-up of each
+            eng.trigger("TrainingRun", "ns", f"new-{i}")
+        await asyncio.sleep(0.2)
+        await eng.stop()
+
+    asyncio.run(main())
+    assert fake.order[3:] == ["new-0", "new-1", "new-2", "old-0", "old-1", "old-2"], fake.order
+
+
 def test_no_pass_runs_before_every_index_is_filled() -> None:
     assert readiness.apply()
     fake = Fake([Plan()])
