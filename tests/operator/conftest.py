@@ -58,7 +58,7 @@ class Workspace:
         frame.to_csv(path, index=False)
 
     def run(self, name: str) -> dict[str, Any]:
-        return dict(self.get("trainingrun", name))
+        return self.cluster.get_training_run(self.namespace, name)
 
     def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
