@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEV_CLUSTER, REPO, read_env_file
+from tests.conftest import DEV_CLUSTER, LOADED_MACHINE_LEASE, REPO, read_env_file
 
 pytestmark = pytest.mark.cluster
 
@@ -23,7 +23,12 @@ pytestmark = pytest.mark.cluster
 def test_demo_trains_iris_on_a_fresh_cluster() -> None:
     # A short path: the kubelet's unix sockets live under the run dir (at most 107 bytes).
     run_dir = Path(tempfile.mkdtemp(prefix="kt-demo-"))
-    env = {**os.environ, "KUBETRAIN_RUN_DIR": str(run_dir), "KUBETRAIN_GPU_NODE": ""}
+    env = {
+        **os.environ,
+        "KUBETRAIN_RUN_DIR": str(run_dir),
+        "KUBETRAIN_GPU_NODE": "",
+        "KUBETRAIN_DEMO_HELM_ARGS": " ".join(LOADED_MACHINE_LEASE),
+    }
     env.pop("KUBECONFIG", None)
 
     def get(*args: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Cluster, free_port, wait_until
+from tests.conftest import LOADED_MACHINE_LEASE, REPO, Cluster, free_port, wait_until
 
 from .conftest import Workspace, iris_run
 
@@ -167,7 +167,8 @@ def _install_operator(cluster: Cluster, workspace: Workspace, replicas: int, *va
     repo, tag = images["OPERATOR_IMAGE"].rsplit(":", 1)
     _helm_install(
         cluster, release, ns, "--set-string", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
-        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", f"operator.replicas={replicas}", *values,
+        "--set", f"watchNamespaces={{{workspace.namespace}}}", "--set", f"operator.replicas={replicas}",
+        *LOADED_MACHINE_LEASE, *values,
     )  # fmt: skip
     return release, ns
 
