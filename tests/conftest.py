@@ -8,8 +8,10 @@ fixture is lazy: unit tests never start anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import time
@@ -76,6 +78,71 @@ LOADED_MACHINE_LEASE = (
 _CLIENTS: dict[str, Any] = {}
 
 
+#: kubectl's names of the kinds the tests read → (API path prefix, resource, namespaced, kind).
+_REST_KINDS: dict[str, tuple[str, str, bool, str]] = {}
+for _names, _where in (
+    (("pod", "pods", "po"), ("/api/v1", "pods", True, "Pod")),
+    (("job", "jobs"), ("/apis/batch/v1", "jobs", True, "Job")),
+    (("event", "events", "ev"), ("/api/v1", "events", True, "Event")),
+    (
+        ("pvc", "persistentvolumeclaim", "persistentvolumeclaims"),
+        ("/api/v1", "persistentvolumeclaims", True, "PersistentVolumeClaim"),
+    ),
+    (("pv", "persistentvolume", "persistentvolumes"), ("/api/v1", "persistentvolumes", False, "PersistentVolume")),
+    (("node", "nodes", "no"), ("/api/v1", "nodes", False, "Node")),
+    (("service", "services", "svc"), ("/api/v1", "services", True, "Service")),
+    (("serviceaccount", "serviceaccounts", "sa"), ("/api/v1", "serviceaccounts", True, "ServiceAccount")),
+    (("lease", "leases"), ("/apis/coordination.k8s.io/v1", "leases", True, "Lease")),
+    (("trainingrun", "trainingruns", "tr"), ("/apis/kubetrain.io/v1alpha1", "trainingruns", True, "TrainingRun")),
+    (("modelversion", "modelversions", "mv"), ("/apis/kubetrain.io/v1alpha1", "modelversions", True, "ModelVersion")),
+    (
+        ("trainingschedule", "trainingschedules", "ts"),
+        ("/apis/kubetrain.io/v1alpha1", "trainingschedules", True, "TrainingSchedule"),
+    ),
+):
+    for _name in _names:
+        _REST_KINDS[_name] = _where
+
+
+def rest_get_path(args: tuple[str, ...] | list[str]) -> tuple[str, dict[str, str], str] | None:
+    """(path, query, kind) of ``kubectl get ARGS`` when it is one kind of ``_REST_KINDS``, an optional name and
+    only ``-n``/``-l``/``--field-selector``/``-A``; None for anything else (kubectl answers those)."""
+    positional: list[str] = []
+    params: dict[str, str] = {}
+    namespace, everywhere = "default", False
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("-n", "--namespace", "-l", "--selector", "--field-selector"):
+            if not rest:
+                return None
+            value = rest.pop(0)
+            if arg in ("-n", "--namespace"):
+                namespace = value
+            else:
+                params["labelSelector" if arg in ("-l", "--selector") else "fieldSelector"] = value
+        elif arg in ("-A", "--all-namespaces"):
+            everywhere = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            positional.append(arg)
+    if len(positional) == 1 and "/" in positional[0]:
+        positional = positional[0].split("/", 1)
+    if not 1 <= len(positional) <= 2 or positional[0] not in _REST_KINDS:
+        return None
+    prefix, resource, namespaced, kind = _REST_KINDS[positional[0]]
+    if len(positional) == 2 and (params or everywhere):
+        return None
+    path = prefix
+    if namespaced and not everywhere:
+        path += f"/namespaces/{namespace}"
+    path += f"/{resource}"
+    if len(positional) == 2:
+        path += f"/{positional[1]}"
+    return path, params, kind
+
+
 @dataclass
 class Cluster:
     """A running cluster: its admin kubeconfig, an environment with our kubectl/helm, and helpers.
@@ -109,12 +176,12 @@ class Cluster:
         assert self.run_dir is not None, "claims on the local dev cluster only"
         path = claim_path(self.run_dir, namespace, name)
         path.mkdir(parents=True, exist_ok=True)
-        self.apply(local_volume(namespace, name, path, storage))
-        self.apply(
+        self.create(local_volume(namespace, name, path, storage))
+        self.create(
             {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
-                "metadata": {"name": name},
+                "metadata": {"name": name, "namespace": namespace},
                 "spec": {
                     "accessModes": ["ReadWriteOnce"],
                     "storageClassName": "",
@@ -122,7 +189,6 @@ class Cluster:
                     "resources": {"requests": {"storage": storage}},
                 },
             },
-            namespace,
         )
         wait_until(
             f"claim {namespace}/{name} Bound",
@@ -144,35 +210,77 @@ class Cluster:
         return proc
 
     def get_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        """``kubectl get ARGS -o json``: for the kinds and flags of ``_REST_KINDS``/``rest_get_path`` over a
+        kept-alive connection (a kubectl process per read cost ~70 ms of CPU plus a TLS handshake on the API
+        server, and the waits poll every half second on a suite bound by two cores), else through kubectl."""
+        where = rest_get_path(args)
+        if where is None:
+            return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        path, params, kind = where
+        body = self.api("GET", path, params=params, what=f"get {' '.join(args)}")
+        if "items" not in body:
+            body.get("metadata", {}).pop("managedFields", None)  # kubectl hides them
+            return body
+        items = body["items"]
+        for item in items:  # as kubectl prints a list's items
+            item.setdefault("apiVersion", body.get("apiVersion"))
+            item.setdefault("kind", kind)
+            item.get("metadata", {}).pop("managedFields", None)
+        return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
 
-    def get_training_run(self, namespace: str, name: str) -> dict[str, Any]:
-        """One TrainingRun, as ``kubectl get -o json`` prints it, over a kept-alive connection: the waits poll
-        it every half second, and a kubectl process per poll cost ~70 ms of CPU (plus a TLS handshake on the
-        API server) on a suite bound by two cores. An AssertionError when it is missing or the API is down."""
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        what: str = "",
+        ok: tuple[int, ...] = (),
+    ) -> Any:
+        """One API request over this cluster's kept-alive client (admin credentials): the decoded answer. An
+        AssertionError, with the API's message, on an error status (except those in ``ok``: then None) or when
+        the API cannot be reached twice (a restarted API server closes the kept connection: one retry)."""
         import httpx2
-        from kubetrain_api.models import GROUP, VERSION
-        from lightkube import ApiError, Client, KubeConfig
-        from lightkube.generic_resource import create_namespaced_resource
+        from lightkube import Client, KubeConfig
 
-        resource = create_namespaced_resource(GROUP, VERSION, "TrainingRun", "trainingruns")
         for attempt in (1, 2):
             client = _CLIENTS.get(self.kubeconfig)
             if client is None:
                 client = _CLIENTS[self.kubeconfig] = Client(
                     config=KubeConfig.from_file(self.kubeconfig), timeout=httpx2.Timeout(30), trust_env=False
                 )
+            http = client._client._client  # lightkube's httpx client: base URL, TLS and credentials set
             try:
-                obj = client.get(resource, name, namespace=namespace)
-            except ApiError as exc:
-                raise AssertionError(f"get trainingrun {namespace}/{name}: {exc.status.message}") from exc
-            except Exception as exc:  # transport: a restarted API server closed the kept connection
+                resp = http.request(method, path, params=params, json=body)
+            except Exception as exc:  # transport
                 _CLIENTS.pop(self.kubeconfig, None)
                 if attempt == 2:
-                    raise AssertionError(f"get trainingrun {namespace}/{name}: {exc!r}") from exc
+                    raise AssertionError(f"{what or method + ' ' + path}: {exc!r}") from exc
                 continue
-            return dict(obj.to_dict())
+            if resp.status_code >= 400:
+                if resp.status_code in ok:
+                    return None
+                try:
+                    message = resp.json().get("message") or resp.text
+                except ValueError:
+                    message = resp.text
+                raise AssertionError(f"{what or method + ' ' + path} failed ({resp.status_code}): {message}")
+            return resp.json()
         raise AssertionError("unreachable")
+
+    def get_training_run(self, namespace: str, name: str) -> dict[str, Any]:
+        """One TrainingRun, as ``kubectl get -o json`` prints it, over the kept-alive client (the waits poll it
+        every half second). An AssertionError when it is missing or the API is down."""
+        return dict(self.get_json("trainingrun", name, "-n", namespace))
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        """POST a PersistentVolume or PersistentVolumeClaim over the kept-alive client; one that exists already
+        is applied with kubectl instead (as ``apply`` would)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        resource = {"PersistentVolume": "persistentvolumes", "PersistentVolumeClaim": "persistentvolumeclaims"}[kind]
+        path = f"/api/v1/namespaces/{meta['namespace']}/{resource}" if "namespace" in meta else f"/api/v1/{resource}"
+        if self.api("POST", path, manifest, what=f"create {kind} {meta['name']}", ok=(409,)) is None:
+            self.apply(manifest)
 
     def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
@@ -292,12 +400,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         marker.unlink(missing_ok=True)
 
 
+_last_cpu: list[float] = []
+
+
+def _worker_cpu() -> float:
+    """CPU seconds of this pytest process and of its children it has waited for (kubectl, local operators)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """``KUBETRAIN_TEST_TIMELINE=FILE`` appends one JSON line per test phase (worker, node id, phase, start, stop):
-    which worker ran what, and when, to find the run's critical path (``hack/test-timeline FILE``)."""
+    """``KUBETRAIN_TEST_TIMELINE=FILE`` appends one JSON line per test phase (worker, node id, phase, start, stop,
+    and ``cpu``: the worker's own CPU seconds and its reaped children's since the previous phase ended): which
+    worker ran what, and when, to find the run's critical path and its costliest tests (``hack/test-timeline``)."""
     path = os.environ.get("KUBETRAIN_TEST_TIMELINE")
     if not path or getattr(report, "node", None) is not None:  # the xdist controller's copy of a worker's report
         return
+    cpu = _worker_cpu()
+    spent = cpu - _last_cpu[0] if _last_cpu else 0.0
+    _last_cpu[:] = [cpu]
     line = {
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
         "nodeid": report.nodeid,
@@ -305,6 +426,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         "start": report.start,
         "stop": report.stop,
         "outcome": report.outcome,
+        "cpu": round(spent, 3),
     }
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
@@ -358,14 +480,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def namespace(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards without waiting."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    cluster.kubectl("create", "namespace", name)
+    cluster.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     # Pods are refused until the service-account controller has created "default" in the namespace.
     deadline = time.monotonic() + 30
-    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+    while cluster.api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default", ok=(404,)) is None:
         if time.monotonic() > deadline:
             raise AssertionError(f"no default service account in namespace {name} after 30s")
         time.sleep(0.3)
     yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # Deleted without waiting; an API that is down at the end fails nothing (as `kubectl delete` did, unchecked).
+    with contextlib.suppress(AssertionError):
+        cluster.api("DELETE", f"/api/v1/namespaces/{name}", ok=(404,))
     if not cluster.external:
-        cluster.kubectl("delete", "pv", "-l", f"kubetrain.io/claim-namespace={name}", "--wait=false", check=False)
+        with contextlib.suppress(AssertionError):
+            selector = f"kubetrain.io/claim-namespace={name}"
+            cluster.api("DELETE", "/api/v1/persistentvolumes", params={"labelSelector": selector})

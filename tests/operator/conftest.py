@@ -47,7 +47,8 @@ class Workspace:
         return self.cluster.kubectl("-n", self.namespace, *args, check=check, input=input)
 
     def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        """``kubectl -n NS get ARGS -o json`` (over the cluster's kept-alive client where it can: ``get_json``)."""
+        return self.cluster.get_json("-n", self.namespace, *args)
 
     def apply(self, manifest: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=json.dumps(manifest))

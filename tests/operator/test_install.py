@@ -189,6 +189,19 @@ def _leader_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _wait_registered(workspace: Workspace, names: list[str], timeout: float) -> dict[str, Any]:
+    """Wait until every run of ``names`` records its ModelVersion (status.modelVersion); {} then, else the
+    status (phase, conditions, failure) of each run still without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = {r["metadata"]["name"]: r for r in workspace.get("trainingrun")["items"]}
+        missing = {n: (runs.get(n) or {}).get("status") or {} for n in names}
+        missing = {n: st for n, st in missing.items() if not st.get("modelVersion")}
+        if not missing or time.monotonic() > deadline:
+            return {n: {k: st.get(k) for k in ("phase", "conditions", "failure", "model")} for n, st in missing.items()}
+        time.sleep(1)
+
+
 def test_operator_deployed_by_the_chart_trains_and_prometheus_scrapes_it(
     cluster: Cluster, workspace: Workspace, tmp_path: Path
 ) -> None:
@@ -398,11 +411,14 @@ def test_leader_pod_deleted_at_random_while_30_runs_train(cluster: Cluster, work
                 cluster.kubectl("delete", "pod", "-n", ns, leader["metadata"]["name"], "--wait=false")
                 deletions += 1
         runs = {n: workspace.wait_phase(n, ("Succeeded", "Failed"), timeout=300) for n in names}
+        # A run is Succeeded before its ModelVersion exists when the registration failed once (Registered=False,
+        # retried after 30 s): wait for every version while the operator still runs, not after its uninstall.
+        unregistered = _wait_registered(workspace, names, timeout=150)
     finally:
         stop.set()
         if thread.is_alive():
             thread.join(timeout=10)
-        logs = cluster.kubectl("logs", "-n", ns, "-l", selector, "--tail=40", "--prefix", check=False).stdout
+        logs = cluster.kubectl("logs", "-n", ns, "-l", selector, "--tail=60", "--prefix", check=False).stdout
         _helm_uninstall(cluster, release, ns)
     print(
         f"{deletions} leader pods deleted; {seen['samples']} /leader samples, leaders seen: {sorted(seen['leaders'])}"
@@ -414,6 +430,7 @@ def test_leader_pod_deleted_at_random_while_30_runs_train(cluster: Cluster, work
     assert not failed, (failed, logs)
     for name in names:
         assert len(workspace.jobs(name)) == 1 and len(workspace.pods(name)) == 1, name
-    items = wait_until("a version per run", lambda: (v := workspace.get("mv")["items"]) and len(v) >= 30 and v, 120)
+    assert not unregistered, (unregistered, logs)
+    items = workspace.get("mv")["items"]
     assert sorted(int(v["spec"]["version"]) for v in items) == list(range(1, 31))
     assert len({v["metadata"]["labels"]["kubetrain.io/run-uid"] for v in items}) == 30
