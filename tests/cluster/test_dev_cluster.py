@@ -166,7 +166,8 @@ def test_gpu_pod_lands_on_gpu_node_and_needs_the_toleration(cluster: Cluster, na
 
 
 def test_deleting_job_removes_pods_via_garbage_collector(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(job("sleeper", "sleep 600"), namespace)
+    # A shell as PID 1 ignores SIGTERM: without a short grace period the pod would wait its 30 s for SIGKILL.
+    cluster.apply(job("sleeper", "sleep 600", pod={"terminationGracePeriodSeconds": 1}), namespace)
 
     def pods_running() -> bool:
         pods = cluster.get_json("pods", "-n", namespace, "-l", "job-name=sleeper")["items"]
@@ -380,7 +381,8 @@ def test_invalid_registry_image_shows_image_pull_backoff(cluster: Cluster, names
 
 
 def test_pod_active_deadline_and_restart_on_failure(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(pod("deadline", "sleep 600", pod_spec={"activeDeadlineSeconds": 3}), namespace)
+    deadline = {"activeDeadlineSeconds": 3, "terminationGracePeriodSeconds": 1}  # sh ignores SIGTERM (see above)
+    cluster.apply(pod("deadline", "sleep 600", pod_spec=deadline), namespace)
     # Fails once, then succeeds: restarted in place by the kubelet (the emptyDir outlives the container).
     script = "n=$(cat /state/tries 2>/dev/null || echo 0); echo $((n + 1)) > /state/tries; [ $n -ge 1 ]"
     cluster.apply(
