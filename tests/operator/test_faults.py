@@ -183,7 +183,7 @@ def test_an_artifact_altered_or_deleted_after_registration_is_refused_production
     ws = workspace
     for run in ("altered", "deleted", "intact"):
         ws.apply(iris_run(run))
-    names = {}
+    names: dict[str, str] = {}
     for run in ("altered", "deleted", "intact"):
         done = ws.wait_phase(run, ("Succeeded", "Failed"), timeout=240)
         assert done["status"]["phase"] == "Succeeded", done["status"]
@@ -218,8 +218,15 @@ def test_an_artifact_altered_or_deleted_after_registration_is_refused_production
         refused = next(c for c in status["conditions"] if c["type"] == "AliasRefused")
         assert refused["status"] == "True" and "check of" in refused["message"], refused
         assert status["aliasHistory"][-1]["action"] == "Refused", status["aliasHistory"]
-    events = ws.get("events", "--field-selector", "reason=AliasRefused")["items"]
-    assert {e["involvedObject"]["name"] for e in events} == {names["altered"], names["deleted"]}, events
+    # Events are posted in the background after the status they describe: wait for both.
+    refused_on = {names["altered"], names["deleted"]}
+
+    def refusals() -> list[dict[str, Any]]:
+        return list(ws.get("events", "--field-selector", "reason=AliasRefused")["items"])
+
+    wait_until("both AliasRefused Events", lambda: {e["involvedObject"]["name"] for e in refusals()} == refused_on, 30)
+    events = refusals()
+    assert {e["involvedObject"]["name"] for e in events} == refused_on, events
     # one check Job per claim, none for the versions' registration (the trainer vouched for those)
     jobs = [j["metadata"]["name"] for j in ws.get("jobs", "-l", "kubetrain.io/component=verify")["items"]]
     assert len(jobs) == 3 and all("-check-" in j for j in jobs), jobs

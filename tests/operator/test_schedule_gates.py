@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import Operator, Workspace, iris_frame
-from .test_trainingschedule import QUIET, children, decision, ready, reasons, schedule, ts, wait_for
+from .test_trainingschedule import QUIET, children, decision, event_seen, ready, schedule, ts, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(720)]
 
@@ -84,7 +84,7 @@ def test_data_changed_and_drift_gates(workspace: Workspace, operator_factory: An
     assert skip["decision"] == "Skipped"
     assert skip["gate"]["fingerprint"] == skip["gate"]["previousFingerprint"] == fingerprint
     assert skip["gate"]["previousRun"] == first
-    assert "DataUnchanged" in reasons(ws, "changed")
+    assert event_seen(ws, "changed", "DataUnchanged")
     assert operator.metric("kubetrain_schedule_ticks_total", decision="skipped", reason="DataUnchanged") >= 1
     assert len(children(ws, "changed")) == 1
 
@@ -105,7 +105,7 @@ def test_data_changed_and_drift_gates(workspace: Workspace, operator_factory: An
     gate = no_drift["gate"]
     assert gate["maxPsi"] < 0.2 and gate["threshold"] == 0.2 and gate["against"].startswith("iris-v"), gate
     assert gate["top"] and gate["top"][0]["psi"] == gate["maxPsi"]
-    assert "NoDrift" in reasons(ws, "drift")
+    assert event_seen(ws, "drift", "NoDrift")
     assert operator.metric("kubetrain_model_drift_psi", schedule="drift", feature="max") == pytest.approx(
         gate["maxPsi"], abs=1e-6
     )

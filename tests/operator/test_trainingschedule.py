@@ -79,6 +79,12 @@ def reasons(ws: Workspace, name: str) -> list[str]:
     return [e["reason"] for e in ws.get("events", "--field-selector", selector)["items"]]
 
 
+def event_seen(ws: Workspace, name: str, reason: str, timeout: float = 30) -> bool:
+    """An Event ``reason`` on the schedule ``name`` shows up (kopf posts Events in the background, after the
+    status write they describe: a read right after the status may not list it yet)."""
+    return bool(wait_for(f"a {reason} Event on {name}", lambda: reason in reasons(ws, name), timeout))
+
+
 def assert_one_run_per_tick(ws: Workspace, name: str, runs: list[dict[str, Any]]) -> None:
     """Each child is named after its tick, owned by the schedule, and no tick has two."""
     uid = ts(ws, name)["metadata"]["uid"]
@@ -145,7 +151,7 @@ def test_ticks_history_forbid_replace_and_suspend(workspace: Workspace, operator
     fst = ts(ws, "forbid")["status"]
     assert fst["lastDecision"]["decision"] == "Skipped" and fst["lastDecision"]["reason"] == "ConcurrencyForbid"
     assert fst["active"] == [forbid[0]["metadata"]["name"]]
-    assert "TickSkipped" in reasons(ws, "forbid")
+    assert event_seen(ws, "forbid", "TickSkipped")
     assert operator.metric("kubetrain_schedule_ticks_total", decision="skipped") >= 1
 
     # Replace: only the newest run is left; the ones before it were deleted at each tick.
@@ -158,7 +164,7 @@ def test_ticks_history_forbid_replace_and_suspend(workspace: Workspace, operator
     (newest,) = wait_for("replace to keep one run", replaced, 20)
     rst = ts(ws, "replace")["status"]
     assert newest["metadata"]["annotations"][TICK] == rst["lastScheduleTime"]
-    assert rst["lastDecision"]["reason"] == "Replaced" and "RunsReplaced" in reasons(ws, "replace")
+    assert rst["lastDecision"]["reason"] == "Replaced" and event_seen(ws, "replace", "RunsReplaced")
 
     # Suspended long enough for two more ticks: nothing new.
     assert [r["metadata"]["name"] for r in children(ws, "pause")] == paused
@@ -207,7 +213,7 @@ def test_a_restart_after_three_missed_ticks_starts_catch_up_runs_and_reports_thr
     runs = children(ws, "catchup")
     new = [seconds(r["metadata"]["annotations"][TICK]) for r in runs if r["metadata"]["name"] not in before]
     assert new == [t0 + (ticks - 1) * step, t0 + ticks * step], (t0, new)  # exactly catchUp, the newest
-    assert "MissedTicks" in reasons(ws, "catchup")
+    assert event_seen(ws, "catchup", "MissedTicks")
     # The next tick is an ordinary one: one run, nothing duplicated, the missed report stays.
     count = len(runs)
     runs = wait_for("the next tick", lambda: (lambda r: r if len(r) > count else None)(children(ws, "catchup")), 30)
