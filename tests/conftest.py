@@ -390,7 +390,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The xdist controller stops the shared dev cluster after the last worker (see ``cluster``)."""
+    """The xdist controller stops the shared dev cluster after the last worker (see ``cluster``). Every process
+    closes its kept-alive API clients (``Cluster.api``)."""
+    for client in _CLIENTS.values():
+        with contextlib.suppress(Exception):
+            client.close()
+    _CLIENTS.clear()
     if hasattr(session.config, "workerinput") or os.environ.get("KUBETRAIN_TEST_KUBECONFIG"):
         return
     marker = _used_marker(_run_dir())

@@ -221,12 +221,12 @@ def test_an_artifact_altered_or_deleted_after_registration_is_refused_production
     # Events are posted in the background after the status they describe: wait for both.
     refused_on = {names["altered"], names["deleted"]}
 
-    def refusals() -> list[dict[str, Any]]:
-        return list(ws.get("events", "--field-selector", "reason=AliasRefused")["items"])
+    def refused_names() -> set[str]:
+        events = ws.get("events", "--field-selector", "reason=AliasRefused")["items"]
+        return {e["involvedObject"]["name"] for e in events}
 
-    wait_until("both AliasRefused Events", lambda: {e["involvedObject"]["name"] for e in refusals()} == refused_on, 30)
-    events = refusals()
-    assert {e["involvedObject"]["name"] for e in events} == refused_on, events
+    seen = wait_until("both AliasRefused Events", lambda: (got := refused_names()) == refused_on and got, 30)
+    assert seen == refused_on, seen
     # one check Job per claim, none for the versions' registration (the trainer vouched for those)
     jobs = [j["metadata"]["name"] for j in ws.get("jobs", "-l", "kubetrain.io/component=verify")["items"]]
     assert len(jobs) == 3 and all("-check-" in j for j in jobs), jobs
